@@ -1,0 +1,157 @@
+"""Model registry: names -> architectures, weights in ``restore/weights/<name>.pt`` with a model card.
+
+Building a model never touches the network or the disk; :func:`load_model` reads local files only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._device import resolve_device
+from ._baselines import BiasFreeUNet, GambiniAutoencoder, ResNetUNet
+from ._cgrdn import CGRDN, CGRDNConfig
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+CARD_KEYS = ("architecture", "data", "command", "seed", "metrics")
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """A registered architecture."""
+
+    build: Callable[[], nn.Module]
+    description: str
+
+
+_REGISTRY: dict[str, _Spec] = {
+    "hrstem": _Spec(lambda: CGRDN(CGRDNConfig.published()),
+                    "CGRDN as published for HR-STEM (4×4×8, growth 32, 64 features; 7.04 M parameters)"),
+    "hrstem-lite": _Spec(lambda: CGRDN(CGRDNConfig.lite()),
+                         "CGRDN lite for CPU (2×2×4, growth 16, 32 features; 0.18 M parameters)"),
+    "gambini-ae": _Spec(GambiniAutoencoder, "Gambini et al. (2023) convolutional autoencoder, 32 filters"),
+    "mohan-bf-unet": _Spec(BiasFreeUNet, "Mohan et al. (2022) bias-free UNet, 6 scales, 128 channels"),
+    "katsuno-resnet-unet": _Spec(ResNetUNet, "Katsuno et al. (2023) UNet with ResNet-18 encoder"),
+}
+
+
+def list_models() -> list[str]:
+    """Names of the registered restoration models (weights may or may not exist yet).
+
+    Examples
+    --------
+    >>> "hrstem" in list_models()
+    True
+    """
+    return sorted(_REGISTRY)
+
+
+def _spec(name: str) -> _Spec:
+    """Look up a registry entry or raise a ValueError listing the names."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def build_model(name: str, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Build a registered architecture with random (PyTorch default) weights, in eval mode.
+
+    Never reads files or the network. The model is put in ``channels_last`` memory format (2× faster
+    convolutions on CPU, see benchmarks/RESULTS.md).
+
+    Parameters
+    ----------
+    name : str
+        A name from :func:`list_models`.
+    device : {"cpu", "cuda", "auto"} or torch.device
+        Where to put the parameters.
+
+    Returns
+    -------
+    torch.nn.Module
+    """
+    model = _spec(name).build()
+    return model.to(device=resolve_device(device), memory_format=torch.channels_last).eval()
+
+
+def weights_path(name: str, *, weights_dir: str | Path | None = None) -> Path:
+    """Path of the weight file of model ``name`` (``<weights_dir>/<name>.pt``); it need not exist."""
+    _spec(name)
+    return Path(WEIGHTS_DIR if weights_dir is None else weights_dir) / f"{name}.pt"
+
+
+def model_card(name: str, *, weights_dir: str | Path | None = None) -> dict:
+    """Read the model card ``<weights_dir>/<name>.json`` (architecture, data, command, seed, metrics).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the card does not exist.
+    ValueError
+        If it is not valid JSON or lacks one of the required keys.
+    """
+    path = weights_path(name, weights_dir=weights_dir).with_suffix(".json")
+    if not path.is_file():
+        raise FileNotFoundError(f"no model card for {name!r}: expected {path} "
+                                "(see restore/weights/README.md)")
+    try:
+        card = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"model card {path} is not valid JSON: {exc}") from exc
+    missing = [k for k in CARD_KEYS if k not in card]
+    if missing:
+        raise ValueError(f"model card {path} lacks required key(s) {missing}; required: {list(CARD_KEYS)}")
+    if card["architecture"] != name:
+        raise ValueError(f"model card {path} is for architecture {card['architecture']!r}, not {name!r}")
+    return card
+
+
+def load_model(name: str, *, device: str | torch.device = "auto",
+               weights_dir: str | Path | None = None) -> nn.Module:
+    """Build model ``name`` and load its trained weights, in eval mode.
+
+    Weights are read with ``torch.load(..., weights_only=True)`` from ``<weights_dir>/<name>.pt`` (default
+    ``stemquant/restore/weights/``); the model card ``<name>.json`` must sit next to them
+    (:func:`model_card`).
+
+    Parameters
+    ----------
+    name : str
+        A name from :func:`list_models`.
+    device : {"auto", "cpu", "cuda"} or torch.device
+        Where to put the model.
+    weights_dir : str or Path, optional
+        Folder holding ``<name>.pt`` and ``<name>.json``.
+
+    Returns
+    -------
+    torch.nn.Module
+
+    Raises
+    ------
+    FileNotFoundError
+        If the weight file (or its model card) is missing; the message names the file.
+    ValueError
+        If ``name`` is unknown or the weights do not fit the architecture.
+    """
+    path = weights_path(name, weights_dir=weights_dir)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no trained weights for model {name!r}: expected the file {path}. Train the model and save its "
+            f"state_dict there with a model card {path.with_suffix('.json').name}, pass weights_dir=, or use "
+            f"build_model({name!r}) for random weights"
+        )
+    model_card(name, weights_dir=weights_dir)
+    dev = resolve_device(device)
+    model = build_model(name, device=dev)
+    state = torch.load(path, map_location=dev, weights_only=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"weights in {path} do not fit architecture {name!r}: {exc}") from exc
+    return model.eval()
