@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from stemquant.restore import PatchDiscriminator
+
+
+def test_published_output_is_32x32_for_256():
+    d = PatchDiscriminator()  # 64 -> 128 -> 256 -> 512 -> 1, conditional
+    y = torch.randn(1, 1, 256, 256)
+    assert d(y, y).shape == (1, 1, 32, 32)
+    widths = [m.out_channels for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [64, 128, 256, 512, 1]
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 64, 64), (1, 1, 40, 96)])
+def test_shape_contract(shape, device):
+    d = PatchDiscriminator(conditional=False, width=8).to(device)
+    out = d(torch.randn(shape, device=device))
+    assert out.shape == (shape[0], 1, shape[2] // 8, shape[3] // 8)
+
+
+def test_no_zero_padding_constant_input_gives_constant_map():
+    # With zero padding the border patches of a constant image would differ from the interior.
+    d = PatchDiscriminator(conditional=False, width=8)
+    with torch.no_grad():
+        for m in d.modules():
+            if isinstance(m, torch.nn.InstanceNorm2d):
+                m.weight.normal_()
+                m.bias.normal_()
+        out = d(torch.full((1, 1, 64, 64), 3.0))
+    torch.testing.assert_close(out, out.mean().expand_as(out), rtol=0, atol=1e-5)
+
+
+def test_bad_input():
+    d = PatchDiscriminator(width=8)
+    y = torch.zeros(1, 1, 64, 64)
+    with pytest.raises(ValueError, match="condition"):
+        d(y)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        d(torch.zeros(1, 1, 60, 64), torch.zeros(1, 1, 60, 64))
+    with pytest.raises(ValueError, match="conditional=True"):
+        PatchDiscriminator(conditional=False, width=8)(y, y)
+    with pytest.raises(ValueError, match="width"):
+        PatchDiscriminator(width=0)
+
+
+def test_determinism_and_condition_matters():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        d = PatchDiscriminator(width=8)
+    g = torch.Generator().manual_seed(3)
+    y, x1, x2 = (torch.randn(1, 1, 64, 64, generator=g) for _ in range(3))
+    torch.testing.assert_close(d(y, x1), d(y, x1), rtol=0, atol=0)
+    assert not torch.allclose(d(y, x1), d(y, x2))
