@@ -46,7 +46,7 @@ def poisson_noise(image, *, dose=None, pixel_size=None, rng=None) -> np.ndarray:
 
     Examples
     --------
-    >>> poisson_noise(np.zeros((3, 3)), rng=0).sum()
+    >>> float(poisson_noise(np.zeros((3, 3)), rng=0).sum())
     0.0
     """
     if dose is not None and pixel_size is None:
