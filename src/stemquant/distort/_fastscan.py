@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import numpy as np
@@ -65,6 +66,14 @@ def _readout_weights(beta: float, gamma: float, theta: float, length: int) -> np
     """Pixel integrals of the damped-oscillator readout response."""
     lo, hi = _edges(length)
     return _readout_antiderivative(hi, beta, gamma, theta) - _readout_antiderivative(lo, beta, gamma, theta)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_psf(alpha: float, beta: float, gamma: float, theta: float, length: int) -> np.ndarray:
+    """``fast_scan_psf`` memoised for the pipeline (read-only result)."""
+    psf = fast_scan_psf(alpha=alpha, beta=beta, gamma=gamma, theta=theta, length=length)
+    psf.setflags(write=False)
+    return psf
 
 
 def fast_scan_params(dwell_time, *, detector_time=DETECTOR_TIME, readout_decay=READOUT_DECAY,
@@ -182,6 +191,11 @@ def apply_fast_scan(image, psf) -> np.ndarray:
     k = np.asarray(psf, dtype=np.float64)
     if k.ndim != 1 or k.size == 0 or not np.all(np.isfinite(k)):
         raise ValueError(f"psf must be a finite 1-D kernel, got shape {k.shape}")
+    return _convolve_rows(img, k)
+
+
+def _convolve_rows(img: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Unchecked core of ``apply_fast_scan``."""
     w = img.shape[-1]
     k = k[:w]
     pad = k.size - 1

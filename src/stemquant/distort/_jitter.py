@@ -153,14 +153,20 @@ def apply_jitter(image, dx, dy, *, interpolation: str = "linear") -> np.ndarray:
     img3 = img[None] if squeeze else img
     dx = _check_lines(dx, "dx", img3.shape)
     dy = _check_lines(dy, "dy", img3.shape)
+    out = _jitter_core(img3, dx, dy, interpolation)
+    if out is img3:
+        out = img3.copy()
+    return out[0] if squeeze else out
+
+
+def _jitter_core(img3: np.ndarray, dx: np.ndarray, dy: np.ndarray, interpolation: str) -> np.ndarray:
+    """Unchecked core of ``apply_jitter`` on (B, H, W); may return ``img3`` itself when nothing moves."""
     out = img3
     if np.any(dy != 0):
         out = _shift_rows(out, dy, interpolation)
     if np.any(dx != 0):
         out = _shift_cols(out, dx, interpolation)
-    if out is img3:
-        out = img3.copy()
-    return out[0] if squeeze else out
+    return out
 
 
 def jitter_displacement(dx, dy, shape) -> np.ndarray:

@@ -20,8 +20,8 @@ from ._artifacts import (
 )
 from ._checks import check_nonneg_image
 from ._detector import pmt_noise
-from ._fastscan import apply_fast_scan, fast_scan_params, fast_scan_psf
-from ._jitter import apply_jitter, ar1_jitter, jitter_displacement
+from ._fastscan import _cached_psf, _convolve_rows, fast_scan_params
+from ._jitter import _jitter_core, ar1_jitter, jitter_displacement
 from ._params import STEMParams, TEMParams
 from ._tem import (
     apply_mtf,
@@ -134,16 +134,18 @@ class STEMDistortion:
         sx, sy = self._sigmas_px(pixel_size)
         dx = ar1_jitter(h, phi=p.phi_x, sigma=sx, size=(b,), rng=rng) if sx > 0 else np.zeros((b, h))
         dy = ar1_jitter(h, phi=p.phi_y, sigma=sy, size=(b,), rng=rng) if sy > 0 else np.zeros((b, h))
-        x = apply_jitter(counts, dx, dy, interpolation=p.interpolation) if (sx > 0 or sy > 0) else counts
+        x = _jitter_core(counts, dx, dy, p.interpolation)
         if p.poisson:
-            x = rng.poisson(np.maximum(x, 0.0)).astype(np.float64)
+            # cubic interpolation can undershoot below 0 next to sharp peaks; linear cannot
+            lam = np.maximum(x, 0.0) if p.interpolation == "cubic" else x
+            x = rng.poisson(lam).astype(np.float64)
         if p.pmt:
             x = pmt_noise(x, photons=p.pmt_photons, efficiency=p.pmt_efficiency,
                           dynode_gain=p.pmt_dynode_gain, photon_variance=p.pmt_photon_variance, rng=rng)
         if p.dwell_time is not None:
             kw = fast_scan_params(p.dwell_time, detector_time=p.detector_time, readout_decay=p.readout_decay,
                                   readout_period=p.readout_period, readout_phase=p.readout_phase)
-            x = apply_fast_scan(x, fast_scan_psf(**kw, length=w))
+            x = _convolve_rows(x, _cached_psf(kw["alpha"], kw["beta"], kw["gamma"], kw["theta"], w))
         if p.row_line_count > 0:
             x = row_line_noise(x, count=p.row_line_count, max_length=p.row_line_length, rng=rng)
         if p.black_pixel_fraction > 0:
