@@ -11,6 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 from scipy.spatial import cKDTree
+from scipy.spatial.distance import pdist
 
 from ._profiles import MAX_Z
 
@@ -114,6 +115,8 @@ def random_unit_cell(rng: np.random.Generator, *, max_types: int = MAX_TYPES) ->
         n_sites = max(1, min(n_sites, MAX_CELL_ATOMS // rot.shape[0]))
         frac, site = _apply_symmetry(rng.random((n_sites, 3)), rot, trans)
         if frac.shape[0] > MAX_CELL_ATOMS:
+            continue
+        if frac.shape[0] > 1 and pdist(frac @ cell).min() < MIN_DIST_RANGE[0]:  # cheap early rejection
             continue
         dmin = _min_distance(cell, frac)
         if not MIN_DIST_RANGE[0] <= dmin <= MIN_DIST_RANGE[1]:

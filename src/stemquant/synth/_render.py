@@ -43,7 +43,19 @@ def _comb(layer: Layer, kx: np.ndarray, ky: np.ndarray) -> np.ndarray | float:
     e = np.exp(-1j * phase)
     den = 1 - e
     small = np.abs(den) < 1e-9
-    return np.where(small, n, (1 - e**n) / np.where(small, 1, den))
+    return np.where(small, n, (1 - e**n) / np.where(small, 1, den)).astype(np.complex64)
+
+
+def _merge_plain_layers(layers) -> list[Layer]:
+    """Merge layers without occupancy map and without lateral repeat into one layer (one FFT per species)."""
+    plain = [ly for ly in layers if ly.occupancy is None and (ly.n_repeat == 1 or not np.any(ly.repeat))]
+    rest = [ly for ly in layers if not any(ly is p for p in plain)]
+    if len(plain) > 1:
+        plain = [Layer(positions=np.concatenate([ly.positions for ly in plain]),
+                       numbers=np.concatenate([ly.numbers for ly in plain]),
+                       weights=np.concatenate([ly.weights * ly.n_repeat for ly in plain]),
+                       repeat=np.zeros(2), n_repeat=1)]
+    return rest + plain
 
 
 def render_specimen(specimen: SpecimenParams, profiles: AtomProfiles, *, workers: int = 1) -> np.ndarray:
@@ -92,7 +104,7 @@ def render_specimen(specimen: SpecimenParams, profiles: AtomProfiles, *, workers
     spectra = profile_spectrum(k, profiles)  # (S_all, Hg, Wg//2+1)
     plain = np.zeros(k.shape, dtype=np.complex128)  # layers without occupancy: summed in Fourier space
     image = np.zeros((hg, wg))
-    for layer in specimen.layers:
+    for layer in _merge_plain_layers(specimen.layers):
         if len(layer.positions) == 0:
             continue
         sp_all = profiles.index(layer.numbers)
