@@ -1,0 +1,590 @@
+"""Joint fit of all atomic columns: least squares (StatSTEM) or Poisson maximum likelihood, batched over frames.
+
+Engine: Levenberg–Marquardt on all parameters jointly (positions, heights, widths, background), every frame of a
+stack in one batch. The damped normal equations (JᵀWJ + λ·diag) δ = JᵀW r are solved matrix-free by conjugate
+gradients preconditioned with the exact per-column 4×4 blocks; J·v and Jᵀ·u use the separable patch kernels of
+``_model.py``, so one iteration costs O(N·P²) and the whole fit grows linearly with the number of columns.
+The heights and background enter linearly: they are first solved with positions and widths fixed (variable
+projection start, as StatSTEM does for large images), then all parameters are refined jointly.
+
+Criteria (``noise``):
+- ``"gaussian"``: minimise Σ (d − f)², the StatSTEM criterion (W = 1).
+- ``"poisson"``: maximise the Poisson likelihood of counts; Fisher scoring gives W = 1/f and the working residual
+  d − f (iteratively reweighted least squares). Efficient at low dose, where least squares is not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stemquant._device import resolve_device
+from stemquant._validate import check_dose, check_image, check_pixel_size, check_positions, check_positive
+
+from . import _model as M
+from ._crlb import crlb_from_state
+
+_WIDTH_MODES = ("common", "individual")
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Result of :func:`fit_columns`.
+
+    Arrays have a leading frame axis ``B`` only when a stack ``(B, H, W)`` was fitted.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per column (frame-major for a stack) with ``frame``, ``column``, ``type``, ``x``, ``y`` [Å],
+        ``width`` ρ [Å], ``height`` η and ``background`` ζ [image intensity units], ``scs`` = 2πηρ²
+        [intensity·Å²], ``x_crlb``, ``y_crlb`` [Å] and ``scs_crlb`` [intensity·Å²] (standard deviations, i.e.
+        square roots of the Cramér–Rao lower bounds; NaN when ``crlb=False``), ``converged`` (bool).
+    positions : ndarray, shape ([B,] N, 2)
+        Fitted (x, y) [Å].
+    widths, heights, scs : ndarray, shape ([B,] N)
+    background : ndarray, shape ([B])
+    converged : ndarray of bool, shape ([B,] N)
+    n_iter : ndarray of int, shape ([B])
+        Levenberg–Marquardt iterations used per frame.
+    objective : ndarray, shape ([B])
+        Final criterion per frame: ½Σ(d−f)² (gaussian) or the Poisson half-deviance Σ[f − d + d ln(d/f)].
+    """
+
+    table: pd.DataFrame
+    positions: np.ndarray
+    widths: np.ndarray
+    heights: np.ndarray
+    scs: np.ndarray
+    background: np.ndarray
+    converged: np.ndarray
+    n_iter: np.ndarray
+    objective: np.ndarray
+    pixel_size: float
+    dose: float | None
+    noise: str
+    width_mode: str
+    info: dict = field(default_factory=dict)
+
+
+def fit_columns(
+    image,
+    positions,
+    pixel_size: float,
+    *,
+    dose: float | None = None,
+    width: str | float = "common",
+    noise: str = "gaussian",
+    background: str | float = "fit",
+    types=None,
+    width_init: float | None = None,
+    truncation: float = 4.0,
+    max_iter: int = 100,
+    crlb: bool = True,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float64,
+    frames_per_batch: int | None = None,
+    progress: bool | None = None,
+) -> FitResult:
+    """Fit a constant background plus one round Gaussian per atomic column to an image or a stack of frames.
+
+    Implements the model of eq. (2.19) of Friedrich (2023), fitted jointly to all columns; SCS by eq. (2.20).
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (B, H, W)
+        Normalised intensity (with ``dose``) or detector counts (``dose=None``). A stack is fitted frame by frame,
+        all frames in one batched computation (e.g. 100 noise realisations of one specimen).
+    positions : ndarray, shape (N, 2) or (B, N, 2)
+        Initial (x, y) column positions [Å], shared by all frames or one set per frame.
+    pixel_size : float
+        Pixel size [Å].
+    dose : float, optional
+        Electron dose [e⁻/Å²] of a normalised-intensity image; expected counts = intensity·dose·pixel_size².
+        Required for ``noise="poisson"`` unless the image is in counts.
+    width : {"common", "individual"} or float
+        ``"common"``: one width per column type and frame (StatSTEM's default); ``"individual"``: one width per
+        column; a float fixes all widths to this value [Å].
+    noise : {"gaussian", "poisson"}
+        Fitting criterion: least squares or Poisson maximum likelihood (counts must be non-negative).
+    background : "fit" or float
+        Fit one constant background per frame, or fix it to this value [image intensity units].
+    types : array of int, shape (N,), optional
+        Column type of each column (0, 1, ...); with ``width="common"`` each type has its own width.
+    width_init : float, optional
+        Initial width [Å]; estimated from the image when omitted.
+    truncation : float
+        Gaussians are evaluated within ``truncation`` initial widths (+30 % headroom) of their start pixel.
+    max_iter : int
+        Maximum Levenberg–Marquardt iterations.
+    crlb : bool
+        Compute the Cramér–Rao lower bounds of x, y and SCS at the fitted parameters (``column_crlb``): with
+        Poisson statistics when the counts are known (``dose`` given, or ``noise="poisson"``), otherwise Gaussian
+        statistics with the noise variance estimated from the residuals.
+    device : {"cpu", "cuda", "auto"}
+    dtype : torch.dtype
+        Working precision (float64 by default; float32 is faster on GPUs).
+    frames_per_batch : int, optional
+        Frames processed together (bounds memory); by default chosen so a batch holds about 2·10⁷ window pixels.
+    progress : bool, optional
+        Show a tqdm progress bar over frame batches (default: when there is more than one batch).
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    ValueError
+        For NaN/Inf pixels, wrong shapes, non-positive pixel size or dose, positions outside the image, negative
+        counts with the Poisson criterion, or unknown options.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stemquant.quant import fit_columns
+    >>> yy, xx = (np.mgrid[0:40, 0:40] + 0.5) * 0.2
+    >>> img = 0.1 + np.exp(-((xx - 4.0) ** 2 + (yy - 4.1) ** 2) / (2 * 0.5**2))
+    >>> fit = fit_columns(img, [[3.9, 4.0]], 0.2, crlb=False)
+    >>> [round(float(v), 3) for v in fit.table.loc[0, ["x", "y", "width", "height"]]]
+    [4.0, 4.1, 0.5, 1.0]
+    """
+    img = check_image(image)
+    p = check_pixel_size(pixel_size)
+    dose = check_dose(dose)
+    if noise not in ("gaussian", "poisson"):
+        raise ValueError(f"noise must be 'gaussian' or 'poisson', got {noise!r}")
+    stack = img.ndim == 3
+    img3 = img if stack else img[None]
+    B, H, W = img3.shape
+    pos = check_positions(positions, (H, W), p, batch=B)
+    pos3 = np.broadcast_to(pos if pos.ndim == 3 else pos[None], (B, *pos.shape[-2:]))
+    N = pos3.shape[1]
+    fixed_width = None
+    if isinstance(width, str):
+        if width not in _WIDTH_MODES:
+            raise ValueError(f"width must be 'common', 'individual' or a positive float [Å], got {width!r}")
+    else:
+        fixed_width = check_positive(width, "width", "Å")
+    fixed_bg = None
+    if isinstance(background, str):
+        if background != "fit":
+            raise ValueError(f"background must be 'fit' or a float [intensity], got {background!r}")
+    else:
+        fixed_bg = float(background)
+        if not math.isfinite(fixed_bg):
+            raise ValueError(f"background must be finite, got {background}")
+    types_arr = _check_types(types, N)
+    if width_init is not None:
+        check_positive(width_init, "width_init", "Å")
+    check_positive(truncation, "truncation", "widths")
+    scale = dose * p * p if dose is not None else 1.0  # image units -> data units
+    if noise == "poisson":
+        if np.any(img3 < 0):
+            raise ValueError(
+                "noise='poisson' needs non-negative counts, but the image has negative pixels; "
+                "use noise='gaussian' for background-subtracted or restored images"
+            )
+    dev = resolve_device(device)
+
+    # Everything below works in pixel units and data units (counts when scale = dose·p²).
+    data_all = img3 * scale
+    c0 = pos3 / p - 0.5  # (B, N, 2) pixel-centre coordinates
+    rho0 = (
+        np.full(B, fixed_width / p)
+        if fixed_width is not None
+        else (np.full(B, width_init / p) if width_init is not None else _estimate_width(data_all, c0))
+    )
+    h = int(math.ceil(truncation * float(rho0.max())))
+    chunk = frames_per_batch or max(1, int(2e7 // max(1, N * (2 * h + 1) ** 2)))
+    starts = range(0, B, chunk)
+    show = progress if progress is not None else len(starts) > 1
+    outs = []
+    iterator = starts
+    if show:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(starts, desc="fitting frames", unit="batch")
+    for s in iterator:
+        sl = slice(s, min(B, s + chunk))
+        outs.append(
+            _fit_batch(
+                torch.as_tensor(data_all[sl], dtype=dtype, device=dev),
+                torch.as_tensor(np.ascontiguousarray(c0[sl]), dtype=dtype, device=dev),
+                torch.as_tensor(rho0[sl], dtype=dtype, device=dev),
+                torch.as_tensor(types_arr, device=dev),
+                noise=noise,
+                width_mode="fixed" if fixed_width is not None else width,
+                fixed_bg=None if fixed_bg is None else fixed_bg * scale,
+                max_iter=max_iter,
+                truncation=truncation,
+            )
+        )
+    st = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+    return _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types_arr, crlb, stack)
+
+
+def _check_types(types, n: int) -> np.ndarray:
+    if types is None:
+        return np.zeros(n, dtype=np.int64)
+    t = np.asarray(types)
+    if t.shape != (n,) or not np.issubdtype(t.dtype, np.integer) or t.min() < 0:
+        raise ValueError(f"types must be non-negative integers of shape ({n},), got shape {t.shape}, dtype {t.dtype}")
+    return t.astype(np.int64)
+
+
+def _estimate_width(data: np.ndarray, c0: np.ndarray) -> np.ndarray:
+    """Initial width per frame [px] from the volume-to-peak ratio of background-subtracted columns.
+
+    For a Gaussian, volume / peak = 2πρ². The volume is summed over a disc of radius d_nn/2 around each column
+    (d_nn the median nearest-neighbour distance, or 8 px for a single column) on a lightly smoothed image
+    (σ = 1 px, whose broadening is removed); the median over columns is robust to neighbours and noise.
+    Clipped to [0.5 px, 0.4·d_nn].
+    """
+    from scipy.ndimage import gaussian_filter
+    from scipy.spatial import cKDTree
+
+    B, H, W = data.shape
+    out = np.empty(B)
+    for b in range(B):
+        c = c0[b]
+        dnn = float(np.median(cKDTree(c).query(c, k=2)[0][:, 1])) if len(c) > 1 else 16.0
+        sm = gaussian_filter(data[b], 1.0)
+        sm = sm - np.percentile(sm, 2)
+        ri = int(math.ceil(max(1.5, dnn / 2)))
+        yy, xx = np.mgrid[-ri : ri + 1, -ri : ri + 1]
+        disc = (xx**2 + yy**2) <= max(1.5, dnn / 2) ** 2
+        i = np.round(c[:, 1]).astype(int)
+        j = np.round(c[:, 0]).astype(int)
+        inside = (i >= ri) & (j >= ri) & (i < H - ri) & (j < W - ri)
+        i, j = i[inside], j[inside]
+        vol = sm[i[:, None] + yy[disc][None], j[:, None] + xx[disc][None]].sum(1)
+        peak = sm[i, j]
+        good = (peak > 0) & (vol > 0)
+        est = float(np.median(np.sqrt(vol[good] / (2 * np.pi * peak[good])))) if good.any() else dnn / 5
+        est = math.sqrt(max(est * est - 1.0, 0.25))  # remove the σ = 1 px smoothing
+        out[b] = min(max(est, 0.5), 0.4 * dnn)
+    return out
+
+
+class _State:
+    """Parameters of a batch: per column (B, N, 4) = (c_x, c_y, η, ρ_n) and global (B, 1 + T) = (ζ, ρ_t)."""
+
+    def __init__(self, col, glob, types, width_mode):
+        self.col, self.glob, self.types, self.width_mode = col, glob, types, width_mode
+
+    def rho(self):
+        if self.width_mode == "individual":
+            return self.col[..., M.RHO]
+        return self.glob[:, 1:][:, self.types]
+
+    def copy(self):
+        return _State(self.col.clone(), self.glob.clone(), self.types, self.width_mode)
+
+
+class _Problem:
+    """Data, weights and the matrix-free operators of one batch of frames."""
+
+    def __init__(self, data, geom, mask, types, width_mode, noise, col_free, glob_free):
+        self.data, self.geom, self.mask, self.types = data, geom, mask, types
+        self.width_mode, self.noise = width_mode, noise
+        self.col_free, self.glob_free = col_free, glob_free
+        self.n_types = int(types.max()) + 1
+
+    def model(self, st: _State):
+        prof = M.profiles(self.geom, st.col[..., M.CX], st.col[..., M.CY], st.rho())
+        return prof, M.render(self.geom, prof, st.col[..., M.ETA], st.glob[:, 0], self.mask)
+
+    def objective(self, f):
+        d, m = self.data, self.mask.reshape(-1)
+        B = self.geom.i0.shape[0]
+        if self.noise == "gaussian":
+            val = 0.5 * m * (d - f) ** 2
+        else:
+            bad = (f <= 0) & (m > 0)
+            fc = torch.clamp(f, min=1e-300)
+            val = m * (f - d + torch.xlogy(d, d) - torch.xlogy(d, fc))
+            val = torch.where(bad, torch.full_like(val, math.inf), val)
+        return val.view(B, -1).sum(1)
+
+    def weights(self, f):
+        m = self.mask.reshape(-1)
+        if self.noise == "gaussian":
+            return m
+        return m / torch.clamp(f, min=1e-12)
+
+    # --- J, Jᵀ restricted to the free parameters -------------------------------------------------------
+    def J(self, st, prof, vcol, vglob):
+        vc = vcol.clone()
+        if self.width_mode == "common":
+            vc[..., M.RHO] = vglob[:, 1:][:, self.types]
+        return M.jvp(self.geom, prof, st.col[..., M.ETA], st.rho(), vc, vglob[:, 0], self.mask)
+
+    def JT(self, st, prof, u):
+        B = self.geom.i0.shape[0]
+        gcol, _ = M.vjp(self.geom, prof, st.col[..., M.ETA], st.rho(), u, None)
+        gglob = torch.zeros(B, 1 + self.n_types, dtype=u.dtype, device=u.device)
+        gglob[:, 0] = u.view(B, -1).sum(1)  # u is already masked (zero on padding)
+        if self.width_mode == "common":
+            gglob[:, 1:].index_add_(1, self.types, gcol[..., M.RHO])
+        return gcol * self.col_free, gglob * self.glob_free
+
+
+def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, truncation):
+    B, H, W = data.shape
+    N = c0.shape[1]
+    dt, dev = data.dtype, data.device
+    h = _half_size(rho0.max(), truncation)
+    pad = _half_size(2 * rho0.max(), truncation) + 2  # margin for width growth and edge columns
+    dpad, mask = M.pad_stack(data, pad)
+    n_types = int(types.max()) + 1
+    col_free = torch.tensor([1.0, 1.0, 1.0, 1.0 if width_mode == "individual" else 0.0], dtype=dt, device=dev)
+    glob_free = torch.tensor(
+        [1.0 if fixed_bg is None else 0.0] + [1.0 if width_mode == "common" else 0.0] * n_types, dtype=dt, device=dev
+    )
+    geom = M.make_geometry(c0[..., 0], c0[..., 1], h, (H, W), pad)
+    prob = _Problem(dpad.reshape(-1), geom, mask, types, width_mode, noise, col_free, glob_free)
+
+    # Start: background from a low percentile, heights from the image at the start pixel, then a linear
+    # least-squares solve of (η, ζ) with positions and widths fixed (variable projection start).
+    flat = data.reshape(B, -1)
+    zeta0 = torch.quantile(flat, 0.02, dim=1) if fixed_bg is None else torch.full((B,), fixed_bg, dtype=dt, device=dev)
+    ii = torch.clamp(torch.round(c0[..., 1]).long(), 0, H - 1)
+    jj = torch.clamp(torch.round(c0[..., 0]).long(), 0, W - 1)
+    eta0 = data[torch.arange(B, device=dev)[:, None], ii, jj] - zeta0[:, None]
+    eta0 = torch.clamp(eta0, min=1e-3 * torch.clamp(eta0.max(), min=1e-12))
+    col = torch.stack((c0[..., 0], c0[..., 1], eta0, rho0[:, None].expand(B, N)), dim=-1).contiguous()
+    glob = torch.cat((zeta0[:, None], rho0[:, None].expand(B, n_types)), dim=1).contiguous()
+    st = _State(col, glob, types, "individual" if width_mode == "individual" else "common")
+    lin = _Problem(prob.data, geom, mask, types, width_mode, "gaussian",
+                   torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=dt, device=dev),
+                   torch.cat((glob_free[:1], torch.zeros(n_types, dtype=dt, device=dev))))
+    prof, f = lin.model(st)
+    step_c, step_g, _ = _solve_step(lin, st, prof, f, torch.zeros(B, dtype=dt, device=dev), cg_iter=50, cg_tol=1e-6)
+    st.col += step_c
+    st.glob += step_g
+    if noise == "poisson":  # the likelihood needs f > 0 everywhere
+        st.col[..., M.ETA].clamp_(min=0.0)
+        st.glob[:, 0].clamp_(min=1e-6 * float(data.mean()) + 1e-12)
+
+    # Levenberg–Marquardt, one damping factor per frame.
+    prof, f = prob.model(st)
+    obj = prob.objective(f)
+    npix = float(H * W)
+    lam = torch.full((B,), 1e-4, dtype=dt, device=dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    n_iter = torch.zeros(B, dtype=torch.long, device=dev)
+    for _ in range(max_iter):
+        step_c, step_g, pred = _solve_step(prob, st, prof, f, lam, cg_iter=30, cg_tol=1e-2)
+        step_c = step_c * (~done)[:, None, None]
+        step_g = step_g * (~done)[:, None]
+        trial = _State(st.col + step_c, st.glob + step_g, types, st.width_mode)
+        tprof, tf = prob.model(trial)
+        tobj = _guard(prob.objective(tf), trial)
+        # Fisher scoring / Gauss–Newton can overshoot where the curvature model is poor (very low counts):
+        # then take the minimum of the quadratic through φ(0), φ'(0) = -2·pred and φ(1) along the same step.
+        gain = (obj - tobj) / torch.clamp(pred, min=1e-300)
+        poor = (gain < 0.25) & ~done & torch.isfinite(tobj)
+        if bool(poor.any()):
+            curv = tobj - obj + 2 * pred
+            alpha = torch.where(curv > 0, torch.clamp(pred / torch.where(curv > 0, curv, 1), 0.05, 1.0), 1.0)
+            alpha = torch.where(poor, alpha, 1.0)
+            trial2 = _State(st.col + alpha[:, None, None] * step_c, st.glob + alpha[:, None] * step_g, types,
+                            st.width_mode)
+            tprof2, tf2 = prob.model(trial2)
+            tobj2 = _guard(prob.objective(tf2), trial2)
+            better = poor & (tobj2 < tobj)
+            trial = _State(torch.where(better[:, None, None], trial2.col, trial.col),
+                           torch.where(better[:, None], trial2.glob, trial.glob), types, st.width_mode)
+            tobj = torch.where(better, tobj2, tobj)
+            pred = torch.where(better, pred * alpha * (2 - alpha), pred)
+            gain = (obj - tobj) / torch.clamp(pred, min=1e-300)
+            if bool(better.any()):
+                tprof, tf = prob.model(trial)
+        ok = (tobj <= obj) & ~done
+        st.col = torch.where(ok[:, None, None], trial.col, st.col)
+        st.glob = torch.where(ok[:, None], trial.glob, st.glob)
+        # Stop when the step moves the parameters by < 1e-3 of their statistical uncertainty: the predicted
+        # decrease ½δᵀg ≈ ½‖δ‖²_F is in log-likelihood units for Poisson, in units of σ² (estimated from the
+        # residuals) for least squares. The relative-change test ends noise-free fits.
+        unit = 1.0 if noise == "poisson" else 2 * obj / npix
+        small = (pred <= 5e-7 * unit) | ((obj - tobj).abs() <= 1e-13 * (1 + obj.abs()))
+        n_iter += (~done).long()
+        new_lam = torch.where(ok & (gain > 0.5), torch.clamp(lam / 10, min=1e-9),
+                              torch.where(ok & (gain > 0.25), lam, lam * 10))
+        lam = torch.where(done, lam, new_lam)
+        done = done | (ok & small) | (lam > 1e12)
+        obj = torch.where(ok, tobj, obj)
+        if bool(done.all()):
+            break
+        if bool(ok.all()):
+            prof, f = tprof, tf
+        elif bool(ok.any()):
+            prof, f = prob.model(st)
+        # keep every Gaussian inside its window: re-centre/enlarge windows when columns move or widths grow
+        rho = st.rho()
+        moved = torch.maximum((st.col[..., M.CX] - (prob.geom.j0 + prob.geom.h)).abs(),
+                              (st.col[..., M.CY] - (prob.geom.i0 + prob.geom.h)).abs())
+        need_h = _half_size(rho.max(), truncation)
+        if bool((moved > 1.0).any()) or need_h > prob.geom.h:
+            if need_h > pad:
+                break  # widths exploded: reported as not converged below
+            prob.geom = M.make_geometry(st.col[..., M.CX], st.col[..., M.CY], max(need_h, prob.geom.h), (H, W), pad)
+            prof, f = prob.model(st)
+            obj = prob.objective(f)
+    prof, f = prob.model(st)
+    rho = st.rho()
+    moved = torch.maximum((st.col[..., M.CX] - c0[..., 0]).abs(), (st.col[..., M.CY] - c0[..., 1]).abs())
+    conv = (
+        done[:, None]
+        & (lam[:, None] <= 1e12)
+        & (st.col[..., M.ETA] > 0)
+        & (rho * truncation <= prob.geom.h + 0.5)
+        & (rho > 0.2)
+        & (moved < 4 * rho0[:, None])
+    )
+    resid = ((prob.data - f) * mask.reshape(-1)).view(B, -1)
+    dof = max(1, H * W - int(4 * N + 2))
+    sigma2 = (resid * resid).sum(1) / dof
+    return {
+        "col": torch.cat((st.col[..., :3], rho[..., None]), dim=-1),
+        "zeta": st.glob[:, 0],
+        "conv": conv,
+        "n_iter": n_iter,
+        "obj": obj,
+        "sigma2": sigma2,
+        "h": torch.full((B,), prob.geom.h, device=dev),
+    }
+
+
+def _guard(obj, st: _State):
+    """Reject states with non-positive widths (objective +inf)."""
+    return torch.where((st.rho() <= 0.2).any(1), torch.full_like(obj, math.inf), obj)
+
+
+def _half_size(rho_max, truncation: float) -> int:
+    """Window half-size [px] that holds ``truncation`` widths."""
+    return max(2, int(math.ceil(truncation * float(rho_max))))
+
+
+def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol):
+    """Solve (JᵀWJ + λ·D) δ = JᵀW r by block-Jacobi preconditioned conjugate gradients, batched over frames.
+
+    Returns the step (per-column, global) and the predicted decrease ½ δᵀg per frame.
+    """
+    geom = prob.geom
+    B = geom.i0.shape[0]
+    w = prob.weights(f)
+    r = (prob.data - f) * w  # W (d - f), zero on padding
+    gcol, gglob = prob.JT(st, prof, r)
+    # preconditioner: exact 4x4 per-column blocks of JᵀWJ (ρ expanded per column); globals: diagonal
+    blocks = M.column_blocks(geom, prof, st.col[..., M.ETA], st.rho(), w)
+    Dcol = torch.diagonal(blocks, dim1=-2, dim2=-1) * prob.col_free
+    Dglob = torch.zeros_like(gglob)
+    Dglob[:, 0] = w.view(B, -1).sum(1)
+    if prob.width_mode == "common":
+        Dglob[:, 1:].index_add_(1, prob.types, blocks[..., M.RHO, M.RHO])
+    Dglob = Dglob * prob.glob_free
+    fc = prob.col_free
+    eye = torch.eye(4, dtype=f.dtype, device=f.device)
+    Pc = blocks * (fc[:, None] * fc[None, :]) + eye * (1 - fc)
+    Pc = Pc + torch.diag_embed(lam[:, None, None] * Dcol)
+    Pc_inv = torch.linalg.inv(Pc)
+    Dg_damped = Dglob * (1 + lam[:, None])
+    Pg_inv = torch.where(Dg_damped > 0, 1 / torch.where(Dg_damped > 0, Dg_damped, 1), 0.0)
+
+    def apply_H(vc, vg):
+        u = prob.J(st, prof, vc, vg) * w
+        hc, hg = prob.JT(st, prof, u)
+        return hc + lam[:, None, None] * Dcol * vc, hg + lam[:, None] * Dglob * vg
+
+    def precond(rc, rg):
+        return (Pc_inv @ rc[..., None])[..., 0], rg * Pg_inv
+
+    def dot(ac, ag, bc, bg):
+        return (ac * bc).sum((1, 2)) + (ag * bg).sum(1)
+
+    xc, xg = torch.zeros_like(gcol), torch.zeros_like(gglob)
+    rc, rg = gcol.clone(), gglob.clone()
+    zc, zg = precond(rc, rg)
+    pc, pg = zc.clone(), zg.clone()
+    rz = dot(rc, rg, zc, zg)
+    rz0 = rz.clone()
+    for _it in range(cg_iter):
+        Hc, Hg = apply_H(pc, pg)
+        pHp = dot(pc, pg, Hc, Hg)
+        alpha = torch.where(pHp > 0, rz / torch.where(pHp > 0, pHp, 1), 0.0)
+        xc += alpha[:, None, None] * pc
+        xg += alpha[:, None] * pg
+        rc -= alpha[:, None, None] * Hc
+        rg -= alpha[:, None] * Hg
+        zc, zg = precond(rc, rg)
+        rz_new = dot(rc, rg, zc, zg)
+        if bool((rz_new <= cg_tol * cg_tol * rz0).all()):
+            break
+        beta = torch.where(rz > 0, rz_new / torch.where(rz > 0, rz, 1), 0.0)
+        pc = zc + beta[:, None, None] * pc
+        pg = zg + beta[:, None] * pg
+        rz = rz_new
+    pred = 0.5 * dot(xc, xg, gcol, gglob)
+    return xc, xg, pred
+
+
+def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types, crlb, stack) -> FitResult:
+    col = st["col"].cpu().numpy()
+    B, N, _ = col.shape
+    x = (col[..., M.CX] + 0.5) * p
+    y = (col[..., M.CY] + 0.5) * p
+    rho = col[..., M.RHO] * p
+    eta = col[..., M.ETA] / scale
+    zeta = st["zeta"].cpu().numpy() / scale
+    scs = 2 * np.pi * eta * rho**2
+    conv = st["conv"].cpu().numpy()
+    width_mode = "fixed" if fixed_width is not None else width
+    if crlb:
+        stats = "poisson" if (dose is not None or noise == "poisson") else "gaussian"
+        sig = np.sqrt(st["sigma2"].cpu().numpy()) / scale
+        cr = crlb_from_state(
+            np.stack((x, y), -1), rho, eta, zeta, img3.shape[1:], p, dose=dose, noise=stats, noise_sigma=sig,
+            width=width_mode, background_free=fixed_bg is None, types=types,
+        )
+    else:
+        cr = {k: np.full((B, N), np.nan) for k in ("x_crlb", "y_crlb", "scs_crlb")}
+    table = pd.DataFrame(
+        {
+            "frame": np.repeat(np.arange(B), N),
+            "column": np.tile(np.arange(N), B),
+            "type": np.tile(types, B),
+            "x": x.ravel(),
+            "y": y.ravel(),
+            "width": rho.ravel(),
+            "height": eta.ravel(),
+            "scs": scs.ravel(),
+            "x_crlb": cr["x_crlb"].ravel(),
+            "y_crlb": cr["y_crlb"].ravel(),
+            "scs_crlb": cr["scs_crlb"].ravel(),
+            "background": np.repeat(zeta, N),
+            "converged": conv.ravel(),
+        }
+    )
+    sq = (lambda a: a) if stack else (lambda a: a[0])
+    return FitResult(
+        table=table,
+        positions=sq(np.stack((x, y), -1)),
+        widths=sq(rho),
+        heights=sq(eta),
+        scs=sq(scs),
+        background=sq(zeta),
+        converged=sq(conv),
+        n_iter=sq(st["n_iter"].cpu().numpy()),
+        objective=sq(st["obj"].cpu().numpy()),
+        pixel_size=p,
+        dose=dose,
+        noise=noise,
+        width_mode=width_mode,
+        info={"window_half_size_px": int(st["h"].max())},
+    )

@@ -1,0 +1,73 @@
+"""The hand-written patch kernels against torch autograd (float64)."""
+
+import torch
+
+from stemquant.quant import _model as M
+
+
+def _setup(seed=0, B=2, N=5, h=6, shape=(23, 19)):
+    g = torch.Generator().manual_seed(seed)
+    H, W = shape
+    cx = torch.rand(B, N, generator=g, dtype=torch.float64) * (W - 1)
+    cy = torch.rand(B, N, generator=g, dtype=torch.float64) * (H - 1)
+    eta = 0.5 + torch.rand(B, N, generator=g, dtype=torch.float64)
+    rho = 1.0 + torch.rand(B, N, generator=g, dtype=torch.float64)
+    zeta = torch.rand(B, generator=g, dtype=torch.float64)
+    geom = M.make_geometry(cx, cy, h, shape)
+    mask = M.pad_stack(torch.zeros(B, H, W, dtype=torch.float64), h)[1]
+    return geom, mask, cx, cy, eta, rho, zeta, g
+
+
+def _render_autograd(geom, mask, theta, zeta):
+    cx, cy, eta, rho = theta.unbind(-1)
+    prof = M.profiles(geom, cx, cy, rho)
+    return M.render(geom, prof, eta, zeta, mask)
+
+
+def test_render_matches_dense_gaussians_inside_window():
+    geom, mask, cx, cy, eta, rho, zeta, _ = _setup(h=12)
+    prof = M.profiles(geom, cx, cy, rho)
+    f = M.render(geom, prof, eta, zeta, mask).view(2, *geom.padded_shape)[:, 12:-12, 12:-12]
+    H, W = geom.shape
+    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    dense = zeta[:, None, None] + (
+        eta[..., None, None]
+        * torch.exp(-((xx - cx[..., None, None]) ** 2 + (yy - cy[..., None, None]) ** 2) / (2 * rho[..., None, None] ** 2))
+    ).sum(1)
+    # h = 12 px >= 6 widths: the truncated tail is below exp(-18) of the peak
+    torch.testing.assert_close(f, dense, atol=1e-7, rtol=0)
+
+
+def test_jvp_vjp_and_blocks_match_autograd():
+    geom, mask, cx, cy, eta, rho, zeta, g = _setup()
+    theta = torch.stack((cx, cy, eta, rho), -1).requires_grad_(True)
+    z = zeta.clone().requires_grad_(True)
+    prof = M.profiles(geom, cx, cy, rho)
+    v = torch.randn(theta.shape, generator=g, dtype=torch.float64)
+    vz = torch.randn(zeta.shape, generator=g, dtype=torch.float64)
+    jv = torch.func.jvp(lambda t, zz: _render_autograd(geom, mask, t, zz), (theta.detach(), zeta), (v, vz))[1]
+    torch.testing.assert_close(M.jvp(geom, prof, eta, rho, v, vz, mask), jv)
+
+    u = torch.randn(jv.shape, generator=g, dtype=torch.float64) * mask.reshape(-1)
+    f = _render_autograd(geom, mask, theta, z)
+    gt, gz = torch.autograd.grad(f, (theta, z), u)
+    gcol, _ = M.vjp(geom, prof, eta, rho, u, None)
+    torch.testing.assert_close(gcol, gt)
+    torch.testing.assert_close(u.view(2, -1).sum(1), gz)
+
+    # per-column 4x4 block of JᵀWJ: isolated column's Jacobian from autograd
+    w = torch.rand(jv.shape, generator=g, dtype=torch.float64) * mask.reshape(-1)
+    blocks = M.column_blocks(geom, prof, eta, rho, w)
+    for n in range(cx.shape[1]):
+        def single(t, n=n):
+            e = torch.zeros_like(theta.detach())
+            e[0, n] = t
+            th = theta.detach().clone()
+            th[0, n] = t
+            keep = torch.zeros_like(eta)
+            keep[0, n] = 1
+            c, y_, et, r = th.unbind(-1)
+            pr = M.profiles(geom, c, y_, r)
+            return M.render(geom, pr, et * keep, torch.zeros_like(zeta), mask)
+        Jn = torch.autograd.functional.jacobian(single, theta.detach()[0, n])  # (npix, 4)
+        torch.testing.assert_close(blocks[0, n], Jn.T @ (w[:, None] * Jn))
