@@ -1,0 +1,185 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from stemquant.restore import CGRDN, CGRDNConfig, restore
+from stemquant.restore._inference import _axis_tiles, _axis_windows
+
+
+class _LocalNet(nn.Module):
+    """Three 3x3 convs (receptive-field radius 3 pixels), optionally with a stride-2 stage."""
+
+    def __init__(self, stride2: bool = False):
+        super().__init__()
+        self.size_multiple = 2 if stride2 else 1
+        if stride2:  # radius: 4x4/2 conv + 4x4/2 transposed conv + 3x3 conv ~ 5 pixels
+            self.body = nn.Sequential(nn.Conv2d(1, 4, 4, stride=2, padding=1), nn.ReLU(),
+                                      nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1), nn.ReLU(),
+                                      nn.Conv2d(4, 1, 3, padding=1))
+        else:
+            self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                                      nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def _net(seed, **kw):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return _LocalNet(**kw).double()
+
+
+def _untiled(img, net):
+    """The network on the whole normalised image (reflection-padded to its size multiple), mapped back."""
+    mu, sd = img.mean(), img.std()
+    m = net.size_multiple
+    h, w = img.shape
+    z = np.pad((img - mu) / sd, ((0, -h % m), (0, -w % m)), mode="reflect")
+    with torch.no_grad():
+        out = net(torch.as_tensor(z)[None, None]).numpy()[0, 0, :h, :w]
+    return out * sd + mu
+
+
+@pytest.mark.parametrize("shape", [(37, 31), (64, 64), (200, 123), (3, 45, 33)])
+def test_identity_network_returns_input(shape, rng):
+    img = rng.normal(100.0, 7.0, size=shape)
+    out64 = restore(img, nn.Identity(), tile=32, overlap=8, dtype=torch.float64)
+    np.testing.assert_allclose(out64, img, rtol=1e-13)
+    # float32 compute: relative rounding 2**-24 of the normalised value (|z| < 6) times std
+    out32 = restore(img, nn.Identity(), tile=32, overlap=8)
+    assert out32.shape == img.shape
+    assert np.max(np.abs(out32 - img)) <= 6 * 2**-24 * img.std() * 4
+
+
+@pytest.mark.parametrize("stride2", [False, True])
+@pytest.mark.parametrize("shape", [(96, 130), (37, 31), (101, 67)])
+def test_tiled_equals_untiled(stride2, shape, rng):
+    net = _net(0, stride2=stride2)
+    img = rng.poisson(30.0, size=shape).astype(float)
+    tiled = restore(img, net, tile=64, overlap=24, batch_size=3)
+    np.testing.assert_allclose(tiled, _untiled(img, net), rtol=1e-12, atol=1e-9 * img.std())
+
+
+def test_odd_sizes_with_stride_network_match_padded_reference(rng):
+    net = _net(1, stride2=True)
+    img = rng.poisson(30.0, size=(37, 31)).astype(float)
+    padded = np.pad((img - img.mean()) / img.std(), ((0, 1), (0, 1)), mode="reflect")
+    with torch.no_grad():
+        ref = net(torch.as_tensor(padded)[None, None]).numpy()[0, 0, :37, :31] * img.std() + img.mean()
+    np.testing.assert_allclose(restore(img, net, tile=64, overlap=16), ref, rtol=1e-12, atol=1e-9)
+
+
+def test_affine_equivariance_constant_offset(rng):
+    # restore(a x + b) = a restore(x) + b for any network: SCS measured on the output stay physical
+    torch.manual_seed(0)
+    net = CGRDN(CGRDNConfig(n_grdb=1, n_rdb=1, n_layers=2, growth=4, features=8)).double()
+    img = rng.poisson(20.0, size=(50, 44)).astype(float)
+    base = restore(img, net, tile=32, overlap=8)
+    np.testing.assert_allclose(restore(img + 1234.5, net, tile=32, overlap=8), base + 1234.5, rtol=1e-12)
+    np.testing.assert_allclose(restore(0.01 * img, net, tile=32, overlap=8), 0.01 * base, rtol=1e-10)
+    assert not np.allclose(base, img)  # the network does something
+
+
+def test_stack_equals_frame_by_frame_and_batch_size_irrelevant(rng):
+    net = _net(2)
+    stack = rng.normal(size=(3, 40, 52)) * np.array([1.0, 10.0, 0.1])[:, None, None]
+    out = restore(stack, net, tile=32, overlap=8, batch_size=5)
+    for i in range(3):
+        np.testing.assert_allclose(out[i], restore(stack[i], net, tile=32, overlap=8, batch_size=1),
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_windows_form_a_partition_of_unity():
+    for length, tile, overlap, m in itertools.product((16, 37, 64, 257, 700), (32, 64, 100), (0, 3, 8, 16),
+                                                      (1, 2, 8)):
+        length = m * -(-length // m)
+        t_max = tile // m * m
+        if 2 * (overlap + m) > t_max:
+            continue
+        size, starts = _axis_tiles(length, t_max, overlap, m)
+        assert size <= t_max and size % m == 0 and all(s % m == 0 for s in starts)
+        assert starts[0] == 0 and starts[-1] + size == length and len(set(starts)) == len(starts)
+        total = np.zeros(length)
+        for k, (s, w) in enumerate(zip(starts, _axis_windows(starts, size, overlap), strict=True)):
+            total[s : s + size] += w
+            assert np.all((w >= 0) & (w <= 1))
+            if k > 0:
+                assert np.all(w[: overlap // 4] == 0)  # context-only margin at inner tile edges
+            if k < len(starts) - 1:
+                assert np.all(w[size - overlap // 4 :] == 0)
+        np.testing.assert_allclose(total, 1.0, rtol=0, atol=1e-12)
+
+
+def test_uint16_without_overflow():
+    img = np.full((40, 40), 65000, dtype=np.uint16)
+    img[::3, ::5] = 65535
+    img[1::7] = 3
+    out = restore(img, nn.Identity(), tile=32, overlap=8, dtype=torch.float64)
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, img.astype(float), rtol=1e-13)
+
+
+def test_bad_input(rng):
+    good = rng.normal(size=(40, 40))
+    with pytest.raises(ValueError, match="shape"):
+        restore(good[0], nn.Identity())
+    with pytest.raises(ValueError, match="shape"):
+        restore(good[None, None], nn.Identity())
+    for bad_value in (np.nan, np.inf):
+        bad = good.copy()
+        bad[3, 4] = bad_value
+        with pytest.raises(ValueError, match="NaN/Inf"):
+            restore(bad, nn.Identity())
+    with pytest.raises(ValueError, match="constant"):
+        restore(np.full((40, 40), 7.0), nn.Identity())
+    stack = np.stack([good, np.ones((40, 40))])
+    with pytest.raises(ValueError, match="frame 1 is constant"):
+        restore(stack, nn.Identity())
+    with pytest.raises(ValueError, match="at least 16x16"):
+        restore(good[:15], nn.Identity())
+    with pytest.raises(ValueError, match="tile"):
+        restore(good, nn.Identity(), tile=16, overlap=8)
+    with pytest.raises(ValueError, match="batch_size"):
+        restore(good, nn.Identity(), batch_size=0)
+    with pytest.raises(ValueError, match="overlap"):
+        restore(good, nn.Identity(), overlap=-1)
+    with pytest.raises(TypeError, match="model"):
+        restore(good, 3)
+    with pytest.raises(ValueError, match="model returned shape"):
+        restore(good, nn.AvgPool2d(2), tile=32, overlap=4)
+    with pytest.raises(ValueError, match="unknown model"):
+        restore(good, "no-such-model")
+
+
+def test_missing_weights_name_the_file(rng):
+    with pytest.raises(FileNotFoundError, match=r"hrstem\.pt"):
+        restore(rng.normal(size=(40, 40)), "hrstem", device="cpu")
+
+
+def test_deterministic_and_training_flag_restored(rng):
+    # restore has no randomness: repeated calls agree bit for bit (there is no rng to vary)
+    net = _net(3)
+    net.train()
+    img = rng.normal(size=(45, 50))
+    a = restore(img, net, tile=32, overlap=8)
+    np.testing.assert_array_equal(a, restore(img, net, tile=32, overlap=8))
+    assert net.training
+
+
+def test_device(device, rng):
+    net = _net(4).to(device)
+    img = rng.normal(size=(40, 36))
+    out = restore(img, net, device=device, tile=32, overlap=8)
+    np.testing.assert_allclose(out, restore(img, net.cpu(), device="cpu", tile=32, overlap=8), rtol=1e-10,
+                               atol=1e-10)
+
+
+def test_model_on_other_device_is_an_error(rng):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA to have two device types")
+    with pytest.raises(ValueError, match="model lives on"):
+        restore(rng.normal(size=(40, 40)), _net(5), device="cuda")

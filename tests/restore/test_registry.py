@@ -1,0 +1,86 @@
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from stemquant.restore import CGRDN, build_model, list_models, load_model, model_card, restore, weights_path
+from stemquant.restore._registry import WEIGHTS_DIR
+
+
+def _card(name):
+    return {"architecture": name, "data": "test", "command": "pytest", "seed": 0, "metrics": {}}
+
+
+def _save(tmp_path, name, model):
+    torch.save(model.state_dict(), tmp_path / f"{name}.pt")
+    (tmp_path / f"{name}.json").write_text(json.dumps(_card(name)))
+
+
+def test_list_models():
+    names = list_models()
+    assert {"hrstem", "hrstem-lite", "gambini-ae", "mohan-bf-unet", "katsuno-resnet-unet"} <= set(names)
+    assert names == sorted(names)
+
+
+def test_build_model_is_offline_and_random(monkeypatch):
+    # building must not read any file: point the weights folder at nothing and build every model
+    monkeypatch.setattr("stemquant.restore._registry.WEIGHTS_DIR", WEIGHTS_DIR / "does-not-exist")
+    for name in ("hrstem-lite", "gambini-ae"):  # the large ones are built in other tests
+        assert not build_model(name).training
+    assert isinstance(build_model("hrstem"), CGRDN)
+
+
+def test_missing_weights_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="hrstem-lite.pt"):
+        load_model("hrstem-lite", device="cpu", weights_dir=tmp_path)
+    assert weights_path("hrstem").parent == WEIGHTS_DIR
+    with pytest.raises(ValueError, match="unknown model"):
+        load_model("nope")
+
+
+def test_round_trip(tmp_path, rng):
+    torch.manual_seed(0)
+    model = build_model("hrstem-lite")
+    _save(tmp_path, "hrstem-lite", model)
+    loaded = load_model("hrstem-lite", device="cpu", weights_dir=tmp_path)
+    assert model_card("hrstem-lite", weights_dir=tmp_path)["seed"] == 0
+    img = rng.normal(size=(40, 50))
+    np.testing.assert_array_equal(restore(img, model, tile=64, overlap=8),
+                                  restore(img, loaded, tile=64, overlap=8))
+
+
+def test_card_required_and_checked(tmp_path):
+    torch.save(build_model("gambini-ae").state_dict(), tmp_path / "gambini-ae.pt")
+    with pytest.raises(FileNotFoundError, match="gambini-ae.json"):
+        load_model("gambini-ae", device="cpu", weights_dir=tmp_path)
+    (tmp_path / "gambini-ae.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_model("gambini-ae", device="cpu", weights_dir=tmp_path)
+    card = _card("gambini-ae")
+    del card["seed"]
+    (tmp_path / "gambini-ae.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="seed"):
+        load_model("gambini-ae", device="cpu", weights_dir=tmp_path)
+    (tmp_path / "gambini-ae.json").write_text(json.dumps(_card("hrstem")))
+    with pytest.raises(ValueError, match="architecture"):
+        load_model("gambini-ae", device="cpu", weights_dir=tmp_path)
+
+
+def test_wrong_architecture_weights(tmp_path):
+    _save(tmp_path, "hrstem-lite", build_model("gambini-ae"))
+    with pytest.raises(ValueError, match="do not fit"):
+        load_model("hrstem-lite", device="cpu", weights_dir=tmp_path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_weights_only_refuses_arbitrary_objects(tmp_path):
+    torch.save({"x": _Evil()}, tmp_path / "hrstem-lite.pt")
+    (tmp_path / "hrstem-lite.json").write_text(json.dumps(_card("hrstem-lite")))
+    with pytest.raises(pickle.UnpicklingError):
+        load_model("hrstem-lite", device="cpu", weights_dir=tmp_path)
