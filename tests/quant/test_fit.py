@@ -1,0 +1,209 @@
+"""fit_columns and column_crlb: exactness on noise-free images, efficiency against the CRLB, bad input."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stemquant.quant import column_crlb, fit_columns
+
+P = 0.2  # pixel size [Å]
+
+
+def gaussian_image(pos, rho, eta, bg, shape, p=P):
+    """Independent dense rendering of eq. (2.19) (no windows), pixel centres at (j+0.5)p."""
+    yy, xx = (np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5) * p
+    img = np.full(shape, float(bg))
+    for (x, y), r, e in zip(pos, np.broadcast_to(rho, len(pos)), np.broadcast_to(eta, len(pos)), strict=True):
+        img += e * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * r**2))
+    return img
+
+
+def lattice(n=4, spacing=2.0, margin=2.0):
+    g = margin + spacing * np.arange(n)
+    X, Y = np.meshgrid(g, g)
+    pos = np.c_[X.ravel(), Y.ravel()]
+    size = int(round((2 * margin + spacing * (n - 1)) / P))
+    return pos, (size, size)
+
+
+@pytest.mark.parametrize("width", ["common", "individual", 0.45])
+def test_noise_free_lattice_is_recovered(width, rng):
+    pos, shape = lattice()
+    rho = 0.45 if not isinstance(width, str) or width == "common" else rng.uniform(0.4, 0.5, len(pos))
+    eta = rng.uniform(0.8, 1.2, len(pos))
+    img = gaussian_image(pos, rho, eta, 0.1, shape)
+    start = pos + rng.normal(0, 0.08, pos.shape)  # ~0.4 px off
+    fit = fit_columns(img, start, P, width=width, crlb=False)
+    assert fit.converged.all()
+    # windows of 4 widths truncate tails of ≤ exp(-8) of the peak: parameters exact to ~1e-4 relative
+    np.testing.assert_allclose(fit.positions, pos, atol=2e-4 * P)
+    np.testing.assert_allclose(fit.widths, np.broadcast_to(rho, len(pos)), rtol=2e-4)
+    np.testing.assert_allclose(fit.heights, eta, rtol=5e-4)
+    np.testing.assert_allclose(fit.scs, 2 * np.pi * eta * np.broadcast_to(rho, len(pos)) ** 2, rtol=1e-3)
+    assert fit.background == pytest.approx(0.1, abs=1e-4)
+
+
+def test_common_width_per_type():
+    pos, shape = lattice()
+    types = np.arange(len(pos)) % 2
+    rho = np.where(types == 0, 0.4, 0.55)
+    img = gaussian_image(pos, rho, 1.0, 0.05, shape)
+    fit = fit_columns(img, pos, P, width="common", types=types, crlb=False)
+    np.testing.assert_allclose(fit.widths, rho, rtol=2e-4)
+    assert list(fit.table["type"]) == list(types)
+
+
+def test_stack_equals_frame_by_frame_and_table_layout(rng):
+    pos, shape = lattice(3)
+    img = gaussian_image(pos, 0.45, 0.05, 0.005, shape)
+    dose = 2e4
+    stack = rng.poisson(img * dose * P * P, size=(3, *shape)) / (dose * P * P)
+    per_frame_start = pos[None] + rng.normal(0, 0.05, (3, *pos.shape))
+    fit = fit_columns(stack, per_frame_start, P, dose=dose, noise="poisson")
+    assert fit.positions.shape == (3, len(pos), 2)
+    t = fit.table
+    assert list(t["frame"]) == list(np.repeat(np.arange(3), len(pos)))
+    assert list(t["column"]) == list(np.tile(np.arange(len(pos)), 3))
+    # Fits stop once a step moves parameters by < 1e-3 of their CRLB, and the window size can differ between a
+    # stack and a single frame, so batched and single fits agree to a small fraction of the CRLB.
+    sd = t["x_crlb"].to_numpy().reshape(3, -1)
+    for b in range(3):
+        single = fit_columns(stack[b], per_frame_start[b], P, dose=dose, noise="poisson", crlb=False)
+        assert np.all(np.abs(single.positions[:, 0] - fit.positions[b, :, 0]) < 0.02 * sd[b])
+        assert np.all(np.abs(single.scs - fit.scs[b]) < 0.02 * t["scs_crlb"].to_numpy().reshape(3, -1)[b])
+
+
+def _efficiency_run(noise, width, dose, n_frames, rng):
+    """z-scores (estimate - truth) / CRLB of x, y, SCS over frames and columns."""
+    pos, shape = lattice()
+    rho, eta, bg = 0.45, 0.05, 0.005
+    img = gaussian_image(pos, rho, eta, bg, shape)
+    counts = rng.poisson(img * dose * P * P, size=(n_frames, *shape))
+    fit = fit_columns(counts / (dose * P * P), pos, P, dose=dose, noise=noise, width=width, crlb=False)
+    assert fit.converged.all()
+    cr = column_crlb(pos, rho, eta, bg, shape, P, dose, width=width)
+    zx = (fit.positions[..., 0] - pos[:, 0]) / cr["x_crlb"].to_numpy()
+    zy = (fit.positions[..., 1] - pos[:, 1]) / cr["y_crlb"].to_numpy()
+    zs = (fit.scs - 2 * np.pi * eta * rho**2) / cr["scs_crlb"].to_numpy()
+    return zx.ravel(), zy.ravel(), zs.ravel()
+
+
+@pytest.mark.parametrize(("width", "dose"), [("common", 5e3), ("individual", 5e4)])
+def test_poisson_ml_attains_the_crlb(width, dose, rng):
+    # 40 frames x 16 columns = 640 z-scores per quantity. For an efficient unbiased estimator var(z) = 1 and the
+    # sample variance has sd sqrt(2/639) = 0.056; |var - 1| < 0.25 is a 4.5-sd band (false failure < 1e-5 per
+    # check, neglecting the weak correlation of neighbouring columns). Mean: sd 1/sqrt(640) = 0.04; band 0.2 (5 sd).
+    for z in _efficiency_run("poisson", width, dose, 40, rng):
+        assert abs(z.var() - 1) < 0.25
+        assert abs(z.mean()) < 0.2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dose", [5e2, 5e3, 5e4, 5e5])
+def test_poisson_ml_efficiency_over_doses(dose, rng):
+    # 200 frames x 16 columns: sd of var(z) = 0.025, so efficiency >= 0.9 (var <= 1.11) is checked at > 4 sd.
+    # At 5e2 e/Å² the peaks hold ~1 count and the asymptotic bound is not reached (see benchmarks/RESULTS.md).
+    if dose < 1e3:
+        pytest.skip("below the asymptotic regime; measured in benchmarks/fit_precision.py instead")
+    for z in _efficiency_run("poisson", "common", dose, 200, rng):
+        assert 1 / z.var() >= 0.9
+
+
+def test_least_squares_with_gaussian_noise_attains_the_gaussian_crlb(rng):
+    pos, shape = lattice()
+    rho, eta, bg, sigma = 0.45, 1.0, 0.1, 0.05
+    img = gaussian_image(pos, rho, eta, bg, shape)
+    stack = img + rng.normal(0, sigma, (40, *shape))
+    fit = fit_columns(stack, pos, P, noise="gaussian", width="common", crlb=False)
+    cr = column_crlb(pos, rho, eta, bg, shape, P, None, noise="gaussian", noise_sigma=sigma, width="common")
+    z = (fit.positions[..., 0] - pos[:, 0]) / cr["x_crlb"].to_numpy()
+    assert abs(z.var() - 1) < 0.25  # same 4.5-sd band as above
+
+
+def test_crlb_matches_dense_autograd_fisher():
+    """column_crlb against an independent dense Fisher matrix built with torch autograd on the full image."""
+    pos = np.array([[2.0, 2.1], [3.7, 2.4], [2.9, 3.9]])
+    shape, rho, eta, bg, dose = (30, 30), np.array([0.4, 0.5, 0.45]), np.array([0.05, 0.08, 0.06]), 0.01, 3e3
+    yy, xx = torch.meshgrid(*(torch.arange(s, dtype=torch.float64) for s in shape), indexing="ij")
+    yy, xx = (yy + 0.5) * P, (xx + 0.5) * P
+
+    def lam(theta):
+        t = theta[:-1].view(3, 4)
+        f = theta[-1] + (t[:, 2, None, None] * torch.exp(
+            -((xx - t[:, 0, None, None]) ** 2 + (yy - t[:, 1, None, None]) ** 2) / (2 * t[:, 3, None, None] ** 2))).sum(0)
+        return (f * dose * P * P).reshape(-1)
+
+    theta = torch.tensor(np.r_[np.c_[pos, eta, rho].ravel(), bg])
+    J = torch.autograd.functional.jacobian(lam, theta)
+    F = J.T @ (J / lam(theta)[:, None])
+    cov = torch.linalg.inv(F).numpy()
+    t = column_crlb(pos, rho, eta, bg, shape, P, dose, width="individual")
+    idx = np.arange(3) * 4
+    np.testing.assert_allclose(t["x_crlb"], np.sqrt(cov[idx, idx]), rtol=1e-6)
+    np.testing.assert_allclose(t["y_crlb"], np.sqrt(cov[idx + 1, idx + 1]), rtol=1e-6)
+    g = np.zeros((3, len(theta)))
+    g[np.arange(3), idx + 2] = 2 * np.pi * rho**2
+    g[np.arange(3), idx + 3] = 4 * np.pi * eta * rho
+    np.testing.assert_allclose(t["scs_crlb"], np.sqrt(np.einsum("ij,jk,ik->i", g, cov, g)), rtol=1e-6)
+
+
+def test_crlb_scales_with_dose():
+    pos, shape = lattice(3)
+    a = column_crlb(pos, 0.45, 0.05, 0.005, shape, P, 1e3)
+    b = column_crlb(pos, 0.45, 0.05, 0.005, shape, P, 1e5)
+    # Poisson Fisher information is proportional to dose: bounds (sd) shrink by sqrt(100) = 10
+    np.testing.assert_allclose(a.to_numpy() / b.to_numpy(), 10.0, rtol=1e-9)
+
+
+def test_fit_table_has_contract_columns():
+    pos, shape = lattice(2)
+    img = gaussian_image(pos, 0.45, 0.05, 0.005, shape)
+    fit = fit_columns(img, pos, P, dose=1e4)
+    cols = {"frame", "column", "x", "y", "width", "height", "scs", "x_crlb", "y_crlb", "scs_crlb", "converged",
+            "background"}
+    assert cols <= set(fit.table.columns)
+    assert isinstance(fit.table, pd.DataFrame)
+    assert np.all(fit.table[["x_crlb", "y_crlb", "scs_crlb"]].to_numpy() > 0)
+
+
+def test_empty_site_gives_zero_scs_within_its_bound(rng):
+    pos, shape = lattice(3)
+    img = gaussian_image(pos[1:], 0.45, 0.05, 0.005, shape)  # no atom column at pos[0]
+    dose = 1e4
+    counts = rng.poisson(img * dose * P * P)
+    fit = fit_columns(counts / (dose * P * P), pos, P, dose=dose, noise="gaussian", width=0.45)
+    t = fit.table
+    assert abs(t.loc[0, "scs"]) < 4 * t.loc[0, "scs_crlb"]
+    assert np.all(t.loc[1:, "scs"] > 10 * t.loc[1:, "scs_crlb"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"image": np.full((20, 20), np.nan)}, "NaN"),
+        ({"image": np.ones((2, 3, 4, 5))}, "shape"),
+        ({"pixel_size": 0.0}, "pixel_size"),
+        ({"pixel_size": -1.0}, "pixel_size"),
+        ({"dose": -5.0}, "dose"),
+        ({"positions": [[100.0, 1.0]]}, "outside"),
+        ({"positions": [[1.0, 1.0, 1.0]]}, "shape"),
+        ({"width": "wide"}, "width"),
+        ({"noise": "laplace"}, "noise"),
+        ({"image": -np.ones((20, 20)), "noise": "poisson"}, "non-negative"),
+    ],
+)
+def test_bad_input_raises(kwargs, match):
+    args = {"image": np.ones((20, 20)), "positions": [[2.0, 2.0]], "pixel_size": P}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        fit_columns(args.pop("image"), args.pop("positions"), args.pop("pixel_size"), **args)
+
+
+def test_crlb_bad_input():
+    with pytest.raises(ValueError, match="outside"):
+        column_crlb([[50.0, 1.0]], 0.4, 1.0, 0.1, (20, 20), P, 1e3)
+    with pytest.raises(ValueError, match="dose"):
+        column_crlb([[1.0, 1.0]], 0.4, 1.0, 0.1, (20, 20), P, 0.0)
+    with pytest.raises(ValueError, match="positive"):
+        column_crlb([[1.0, 1.0]], 0.4, 1.0, 0.0, (20, 20), P, 1e3)
