@@ -73,6 +73,10 @@ class OverwriteError(FileExistsError, ValueError):
     """The destination exists and ``overwrite=False``. Subclasses both FileExistsError and ValueError."""
 
 
+class _ReadError(ValueError):
+    """A readable file whose content we reject (our own message; passed through unwrapped)."""
+
+
 # --------------------------------------------------------------------------------------------------- writing
 @contextlib.contextmanager
 def atomic_write(path, *, overwrite: bool = False) -> Iterator[Path]:
@@ -235,7 +239,7 @@ def _write_tiff(tmp: Path, arr: np.ndarray, pixel_size: float | None) -> None:
         ppcm = _CM_IN_ANGSTROM / pixel_size
         if ppcm < 2**31:  # RATIONAL tags hold uint32; below ~0.05 Å only the JSON description carries it
             kwargs = {"resolution": (ppcm, ppcm), "resolutionunit": "CENTIMETER"}
-    tifffile.imwrite(tmp, arr, metadata=meta, **kwargs)
+    tifffile.imwrite(tmp, arr, metadata=meta, photometric="minisblack", **kwargs)
 
 
 def _write_h5(tmp: Path, arr: np.ndarray, pixel_size: float | None) -> None:
@@ -294,7 +298,7 @@ def load_image(path) -> tuple[np.ndarray, float | None]:
             image, pixel_size = _read_h5(path)
         else:
             image, pixel_size = _read_rsciio(path, _RSCIIO_EXTENSIONS[ext])
-    except (ValueError, FileNotFoundError):
+    except (_ReadError, FileNotFoundError):
         raise
     except Exception as exc:  # corrupt files raise all sorts of library errors
         raise ValueError(f"could not read {str(path)!r} as {ext} ({type(exc).__name__}: {exc})") from exc
@@ -356,7 +360,7 @@ def _read_h5(path: Path) -> tuple[np.ndarray, float | None]:
                          if isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3) else None)
             if len(found) != 1:
                 names = [d.name for d in found]
-                raise ValueError(
+                raise _ReadError(
                     f"{str(path)!r} has no dataset named 'image' and {len(found)} 2-D/3-D datasets {names}; "
                     "rename the image dataset to 'image'"
                 )
@@ -377,7 +381,7 @@ def _read_rsciio(path: Path, plugin: str) -> tuple[np.ndarray, float | None]:
     try:
         module = importlib.import_module(f"rsciio.{plugin}")
     except ImportError:
-        raise ValueError(
+        raise _ReadError(
             f"reading {path.suffix} files needs rosettasciio; install it with pip install \"stemquant[io]\""
         ) from None
     signals = module.file_reader(str(path))
@@ -399,18 +403,18 @@ def _read_rsciio(path: Path, plugin: str) -> tuple[np.ndarray, float | None]:
                 warnings.warn(f"{path.name}: axis unit {units!r} is not a length; pixel size unknown",
                               UserWarning, stacklevel=3)
                 return data, None
-    raise ValueError(f"{str(path)!r} contains no 2-D or 3-D image signal")
+    raise _ReadError(f"{str(path)!r} contains no 2-D or 3-D image signal")
 
 
 def _to_angstrom(value: float, unit: str, path: Path) -> float:
     """Convert a length ``value`` in ``unit`` to Å."""
     key = unit.strip().lower().replace("\\u00c5", "å")
     if key not in _LENGTH_TO_ANGSTROM:
-        raise ValueError(
+        raise _ReadError(
             f"{path.name}: unknown length unit {unit!r} for the pixel size; expected Å, nm, pm or µm"
         )
     p = value * _LENGTH_TO_ANGSTROM[key]
     if not np.isfinite(p) or p <= 0:
-        raise ValueError(f"{path.name}: pixel size {value} {unit} is not a positive length")
+        raise _ReadError(f"{path.name}: pixel size {value} {unit} is not a positive length")
     return p
 
