@@ -33,6 +33,8 @@ from ._tem import (
     thermal_noise,
 )
 
+_BLOCK = 4  # frames processed together: keeps the working set in cache (faster than one big batch)
+
 
 @dataclass(frozen=True)
 class DistortedImage:
@@ -89,8 +91,9 @@ class STEMDistortion:
     5. row lines (51), black pixels (52), zingers (53), upper clip (54), quantisation (55).
 
     The output stays in detector counts (no division by the dose scale α). All random numbers are drawn
-    sequentially from one ``numpy.random.Generator``; a (B, H, W) stack is processed at once, each frame
-    with its own independent realisation.
+    sequentially from one ``numpy.random.Generator``; each frame of a (B, H, W) stack gets its own
+    independent realisation. The stack is vectorised in blocks of 4 frames (measured faster on CPU than one
+    block of B frames, because the working set stays in cache).
 
     Parameters
     ----------
@@ -128,8 +131,22 @@ class STEMDistortion:
         Returns a ``DistortedImage``.
         """
         counts, squeeze, dose, pixel_size = _prepare(image, dose, pixel_size)
-        p = self.params
         rng = as_rng(rng)
+        b, h, w = counts.shape
+        x = np.empty_like(counts)
+        dx, dy = np.zeros((b, h)), np.zeros((b, h))
+        for s in range(0, b, _BLOCK):
+            sl = slice(s, s + _BLOCK)
+            x[sl], dx[sl], dy[sl] = self._distort_block(counts[sl], pixel_size, rng)
+        disp = jitter_displacement(dx, dy, (h, w))
+        if squeeze:
+            x, disp = x[0], disp[0]
+        return DistortedImage(image=x, displacement=disp, params=self.params, dose=dose,
+                              pixel_size=pixel_size)
+
+    def _distort_block(self, counts: np.ndarray, pixel_size: float, rng: np.random.Generator):
+        """Distort a (b, H, W) block of expected counts; return (image, dx, dy)."""
+        p = self.params
         b, h, w = counts.shape
         sx, sy = self._sigmas_px(pixel_size)
         dx = ar1_jitter(h, phi=p.phi_x, sigma=sx, size=(b,), rng=rng) if sx > 0 else np.zeros((b, h))
@@ -157,12 +174,7 @@ class STEMDistortion:
             x = upper_clip(x, fraction=p.clip_fraction)
         if p.adc_gain is not None:
             x = quantise(x, adc_gain=p.adc_gain)
-        if x is counts:
-            x = counts.copy()
-        disp = jitter_displacement(dx, dy, (h, w))
-        if squeeze:
-            x, disp = x[0], disp[0]
-        return DistortedImage(image=x, displacement=disp, params=p, dose=dose, pixel_size=pixel_size)
+        return x, dx, dy
 
 
 class TEMDistortion:
