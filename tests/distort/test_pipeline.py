@@ -167,3 +167,19 @@ def test_sampled_params_run(clean):
         s = STEMDistortion(sample_stem_params(seed))(clean, dose=1e3, pixel_size=0.1, rng=seed)
         t = TEMDistortion(sample_tem_params(seed))(clean, dose=1e3, pixel_size=0.1, rng=seed)
         assert np.all(np.isfinite(s.image)) and np.all(np.isfinite(t.image))
+
+
+def test_tem_shot_only_mean_equals_variance():
+    """TEM default (shot noise only) on a flat image: mean = variance = dose·p² (N = 4·128², 5 sd)."""
+    out = TEMDistortion()(np.full((4, 128, 128), 0.25), dose=5e3, pixel_size=0.1, rng=3).image
+    lam, n = 0.25 * 5e3 * 0.01, out.size
+    assert abs(out.mean() - lam) < 5 * np.sqrt(lam / n)
+    assert abs(out.var() - lam) < 5 * np.sqrt((lam + 2 * lam**2) / n)
+
+
+def test_tem_fixed_pattern_shared_over_stack():
+    """Black-pixel clusters are a sensor property: same pixels in every frame of one call."""
+    p = TEMParams.identity().replace(black_pixel_count=5, cluster_steps=4)
+    out = TEMDistortion(p)(np.full((3, 40, 40), 0.5), dose=100.0, pixel_size=0.1, rng=2).image
+    dead = out == 0
+    assert dead[0].any() and np.array_equal(dead[0], dead[1]) and np.array_equal(dead[0], dead[2])
