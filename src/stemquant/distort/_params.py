@@ -142,9 +142,9 @@ class STEMParams:
             check_nonnegative(self.pmt_photon_variance, "pmt_photon_variance", "photons²")
         _check_optional_positive(self.pmt_gain, "pmt_gain")
         _check_optional_positive(self.dwell_time, "dwell_time", "s")
-        _check_optional_positive(self.detector_time, "detector_time", "s")
-        _check_optional_positive(self.readout_decay, "readout_decay", "s")
-        _check_optional_positive(self.readout_period, "readout_period", "s")
+        for name in ("detector_time", "readout_decay", "readout_period"):
+            if check_real(getattr(self, name), name, "s") <= 0:
+                raise ValueError(f"{name} must be positive [s], got {getattr(self, name)}")
         check_real(self.readout_phase, "readout_phase", "rad")
         check_count(self.row_line_count, "row_line_count")
         check_fraction(self.row_line_length, "row_line_length", allow_zero=False)
