@@ -3,7 +3,28 @@
 Positions are (x, y) in Å, SCS in intensity·Å² (docs/conventions.md).
 """
 
+from . import metrics
+from ._counting import GMMCountResult, count_gmm, count_library, load_library_csv, plot_counting
 from ._crlb import column_crlb
 from ._fit import FitResult, fit_columns
+from ._peaks import add_columns, find_columns, load_positions, remove_columns, save_positions
+from .metrics import detection_metrics, surface_columns
 
-__all__ = ["FitResult", "column_crlb", "fit_columns"]
+__all__ = [
+    "FitResult",
+    "GMMCountResult",
+    "add_columns",
+    "column_crlb",
+    "count_gmm",
+    "count_library",
+    "detection_metrics",
+    "find_columns",
+    "fit_columns",
+    "load_library_csv",
+    "load_positions",
+    "metrics",
+    "plot_counting",
+    "remove_columns",
+    "save_positions",
+    "surface_columns",
+]

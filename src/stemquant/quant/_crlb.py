@@ -171,12 +171,12 @@ def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, 
             w = mask / np.where(mask > 0, lam, 1.0)
         else:
             w = mask / (float(noise_sigma[f]) * scale) ** 2
-        F = (J.T @ sp.diags(w) @ J).toarray()
-        try:
-            cov = np.linalg.inv(F)
-        except np.linalg.LinAlgError as exc:
+        F = torch.from_numpy((J.T @ sp.diags(w) @ J).toarray())
+        L, info = torch.linalg.cholesky_ex(F)
+        if int(info) != 0:
             raise ValueError("the Fisher information is singular: two columns coincide or a column has zero "
-                             "height; remove it before computing the CRLB") from exc
+                             "height; remove it before computing the CRLB")
+        cov = torch.cholesky_inverse(L).numpy()  # Cholesky: ~2x faster than a general inverse
         d = np.diag(cov)
         base = np.arange(N) * n_free
         out["x_crlb"][f] = np.sqrt(d[base]) * p

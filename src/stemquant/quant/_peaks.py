@@ -8,9 +8,9 @@ doi:10.1016/j.ultramic.2016.08.018):
     separated by at least ``min_distance`` [Å] (``skimage.feature.peak_local_max``).
 ``method="anscombe"``
     Anscombe variance stabilisation ``2 sqrt(x + 3/8)`` (Poisson counts -> unit variance), adaptive Wiener
-    filter (``scipy.signal.wiener``, window ≈ 2·smoothing), 3×3 median filter, white top-hat with a disk of
-    radius ``min_distance`` (removes background varying more slowly than the columns), normalisation,
-    local maxima.
+    filter (``scipy.signal.wiener``'s formula with reflecting borders, window ≈ 2·smoothing), 3×3 median
+    filter, white top-hat with a disk of radius ``min_distance`` (removes background varying more slowly than
+    the columns), normalisation, local maxima.
 
 Both then refine each maximum to sub-pixel precision by an iterated, Gaussian-windowed centroid on the
 filtered image (window σ = min_distance/4, local minimum subtracted); ``refine=False`` returns the pixel
@@ -23,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import scipy.ndimage as ndi
-import scipy.signal
 from scipy.spatial import cKDTree
 from skimage.feature import peak_local_max
 from skimage.morphology import disk, white_tophat
@@ -125,12 +124,26 @@ def _anscombe_filter(image: np.ndarray, smoothing_px: float, md_px: int) -> np.n
         )
     stabilised = 2.0 * np.sqrt(image + 0.375)
     size = 2 * max(1, int(round(smoothing_px))) + 1
-    with np.errstate(divide="ignore", invalid="ignore"):
-        denoised = scipy.signal.wiener(stabilised, mysize=size)
-    if not np.all(np.isfinite(denoised)):  # flat image: local variance 0 everywhere
-        denoised = stabilised
+    denoised = _wiener(stabilised, size)
     denoised = ndi.median_filter(denoised, size=3, mode="nearest")
     return white_tophat(denoised, footprint=disk(md_px))
+
+
+def _wiener(image: np.ndarray, size: int) -> np.ndarray:
+    """Adaptive (Lee) Wiener filter, the formula of ``scipy.signal.wiener`` with reflecting borders.
+
+    ``scipy.signal.wiener`` pads with zeros, which darkens a band of ``size // 2`` pixels along the border
+    and creates spurious maxima there (e.g. at the corners of a flat image), so the local moments are computed
+    here with ``scipy.ndimage.uniform_filter(mode="reflect")``. The noise power is the mean local variance,
+    as in scipy.
+    """
+    mean = ndi.uniform_filter(image, size, mode="reflect")
+    var = np.maximum(ndi.uniform_filter(image * image, size, mode="reflect") - mean * mean, 0.0)
+    noise = float(var.mean())
+    if noise <= 0:  # flat image
+        return image.copy()
+    gain = np.where(var > noise, 1.0 - noise / np.maximum(var, noise), 0.0)
+    return mean + gain * (image - mean)
 
 
 def _local_maxima(filtered: np.ndarray, md_px: int, threshold: float) -> np.ndarray:

@@ -1,0 +1,162 @@
+"""Column-fitting speed: stemquant.fit_columns vs a plain scipy ``least_squares`` fit of the same image.
+
+Prints columns/second for
+  1. a 20×20 lattice (400 columns, 280×280 px),
+  2. a 2,000-column image (50×40 lattice, 700×560 px),
+  3. a 100-frame stack of (1) fitted in one call,
+and the ratio against the baseline: scipy.optimize.least_squares (method "trf", analytic sparse Jacobian in CSR
+format, same windowed Gaussian model, same least-squares criterion) run in the same process on the same image.
+
+    python benchmarks/fit_speed.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.optimize import least_squares
+
+from stemquant.quant import fit_columns
+
+P = 0.14  # Å
+SPACING = 1.96  # Pt [001] column spacing a/2 [Å]
+RHO, ETA, BG = 0.40, 0.05, 0.005
+DOSE = 1e4
+
+
+def lattice_image(nx, ny, rng):
+    g = lambda n: SPACING * (np.arange(n) + 1)  # noqa: E731
+    X, Y = np.meshgrid(g(nx), g(ny))
+    pos = np.c_[X.ravel(), Y.ravel()]
+    H, W = int(round((ny + 1) * SPACING / P)), int(round((nx + 1) * SPACING / P))
+    yy, xx = (np.mgrid[0:H, 0:W] + 0.5) * P
+    img = np.full((H, W), BG)
+    h = int(np.ceil(5 * RHO / P))
+    for x, y in pos:  # windowed rendering keeps this fast for 2,000 columns
+        i, j = int(y / P), int(x / P)
+        sl = (slice(max(i - h, 0), i + h + 1), slice(max(j - h, 0), j + h + 1))
+        img[sl] += ETA * np.exp(-((xx[sl] - x) ** 2 + (yy[sl] - y) ** 2) / (2 * RHO**2))
+    start = pos + rng.normal(0, 0.05, pos.shape)
+    return img, pos, start
+
+
+def noisy(img, rng, n=None):
+    size = img.shape if n is None else (n, *img.shape)
+    return rng.poisson(img * DOSE * P * P, size=size) / (DOSE * P * P)
+
+
+def scipy_fit(image, start, rho0):
+    """Baseline: joint least squares with scipy (trf + sparse analytic Jacobian), common width + background."""
+    H, W = image.shape
+    N = len(start)
+    h = int(np.ceil(4 * rho0 / P))
+    ar = np.arange(-h, h + 1)
+    ci = np.round(start[:, 1] / P - 0.5).astype(int)
+    cj = np.round(start[:, 0] / P - 0.5).astype(int)
+    rows = np.clip(ci[:, None] + ar, 0, H - 1)  # (N, P)
+    cols = np.clip(cj[:, None] + ar, 0, W - 1)
+    valid = ((ci[:, None] + ar >= 0) & (ci[:, None] + ar < H))[:, :, None] & (
+        (cj[:, None] + ar >= 0) & (cj[:, None] + ar < W))[:, None, :]
+    flat = (rows[:, :, None] * W + cols[:, None, :])
+    yc = (rows + 0.5) * P
+    xc = (cols + 0.5) * P
+    data = image.ravel()
+    rr = np.repeat(flat[valid], 1)
+
+    def parts(theta):
+        x, y, eta = theta[:N], theta[N : 2 * N], theta[2 * N : 3 * N]
+        rho, zeta = theta[3 * N], theta[3 * N + 1]
+        dx = xc - x[:, None]
+        dy = yc - y[:, None]
+        gx = np.exp(-dx**2 / (2 * rho**2))
+        gy = np.exp(-dy**2 / (2 * rho**2))
+        g = gy[:, :, None] * gx[:, None, :]
+        return x, y, eta, rho, zeta, dx, dy, g
+
+    def fun(theta):
+        *_, eta, rho, zeta, dx, dy, g = parts(theta)
+        model = np.full(H * W, zeta)
+        np.add.at(model, flat[valid], (eta[:, None, None] * g)[valid])
+        return model - data
+
+    def jac(theta):
+        x, y, eta, rho, zeta, dx, dy, g = parts(theta)
+        e = eta[:, None, None]
+        dX = e * g * dx[:, None, :] / rho**2
+        dY = e * g * dy[:, :, None] / rho**2
+        dR = e * g * (dx[:, None, :] ** 2 + dy[:, :, None] ** 2) / rho**3
+        n_idx = np.broadcast_to(np.arange(N)[:, None, None], g.shape)[valid]
+        r = np.concatenate([rr, rr, rr, rr, np.arange(H * W)])
+        c = np.concatenate([n_idx, N + n_idx, 2 * N + n_idx, np.full(len(rr), 3 * N), np.full(H * W, 3 * N + 1)])
+        v = np.concatenate([dX[valid], dY[valid], g[valid], dR[valid], np.ones(H * W)])
+        return sp.csr_matrix((v, (r, c)), shape=(H * W, 3 * N + 2))
+
+    zeta0 = np.percentile(image, 2)
+    eta0 = image[np.clip(ci, 0, H - 1), np.clip(cj, 0, W - 1)] - zeta0
+    theta0 = np.r_[start[:, 0], start[:, 1], eta0, rho0, zeta0]
+    res = least_squares(fun, theta0, jac=jac, method="trf", tr_solver="lsmr", x_scale="jac")
+    return res.x[:N], res.x[N : 2 * N], res
+
+
+def rate(n_cols, seconds):
+    return n_cols / seconds
+
+
+def best_of(f, repeat):
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = f()
+        ts.append(time.perf_counter() - t0)
+    return min(ts), out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="skip the 2,000-column image and use a 20-frame stack")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    img, pos, start = lattice_image(20, 20, rng)
+    x = noisy(img, rng)
+    fit_columns(x, start, P, crlb=False)  # warm-up
+
+    t_base, (bx, by, res) = best_of(lambda: scipy_fit(x, start, 0.35), 1)
+    base_err = np.mean(np.hypot(bx - pos[:, 0], by - pos[:, 1]))
+    print(f"[400 columns, {x.shape[0]}x{x.shape[1]} px] scipy least_squares (trf, sparse J): "
+          f"{t_base:.2f} s = {rate(400, t_base):.0f} col/s (nfev {res.nfev}, MAE {base_err:.4f} Å)")
+    for noise in ("gaussian", "poisson"):
+        t, fit = best_of(lambda noise=noise: fit_columns(x, start, P, dose=DOSE, noise=noise, crlb=False), 3)
+        err = np.mean(np.hypot(*(fit.positions - pos).T))
+        print(f"  stemquant fit_columns noise={noise}: {t * 1e3:.0f} ms = {rate(400, t):.0f} col/s "
+              f"-> {t_base / t:.1f}x baseline (MAE {err:.4f} Å, iterations {int(fit.n_iter)})")
+    t, fit = best_of(lambda: fit_columns(x, start, P, dose=DOSE, noise="poisson", crlb=True), 1)
+    print(f"  with CRLB of every column: {t * 1e3:.0f} ms")
+
+    n_frames = 20 if args.quick else 100
+    stack = noisy(img, rng, n_frames)
+    t, fit = best_of(lambda: fit_columns(stack, start, P, dose=DOSE, noise="poisson", crlb=False), 1)
+    print(f"[{n_frames}-frame stack of the 400-column image, one call] {t:.2f} s = "
+          f"{rate(400 * n_frames, t):.0f} col/s -> {t_base * n_frames / t:.1f}x baseline; "
+          f"converged {fit.converged.mean():.3f}")
+
+    if not args.quick:
+        img2, pos2, start2 = lattice_image(50, 40, rng)
+        x2 = noisy(img2, rng)
+        t_base2, (bx, by, _) = best_of(lambda: scipy_fit(x2, start2, 0.35), 1)
+        print(f"[2000 columns, {x2.shape[0]}x{x2.shape[1]} px] scipy least_squares: {t_base2:.2f} s = "
+              f"{rate(2000, t_base2):.0f} col/s")
+        t, fit = best_of(lambda: fit_columns(x2, start2, P, dose=DOSE, noise="gaussian", crlb=False), 2)
+        print(f"  stemquant fit_columns noise=gaussian: {t:.2f} s = {rate(2000, t):.0f} col/s "
+              f"-> {t_base2 / t:.1f}x baseline")
+
+
+if __name__ == "__main__":
+    main()
