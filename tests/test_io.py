@@ -45,6 +45,12 @@ def test_foreign_tiff_calibrations(tmp_path, image):
     tifffile.imwrite(tmp_path / "ij.tif", image.astype(np.float32), imagej=True, resolution=(20.0, 20.0),
                      metadata={"unit": "nm"})
     assert load_image(tmp_path / "ij.tif")[1] == pytest.approx(0.5)
+    tifffile.imwrite(tmp_path / "ij_um.tif", image.astype(np.float32), imagej=True, resolution=(1e3, 1e3),
+                     metadata={"unit": "\\u00B5m"})  # ImageJ's escaped µ; 1 nm pixels -> 10 Å
+    assert load_image(tmp_path / "ij_um.tif")[1] == pytest.approx(10.0)
+    tifffile.imwrite(tmp_path / "ij_px.tif", image.astype(np.float32), imagej=True,
+                     metadata={"unit": "pixel"})
+    assert load_image(tmp_path / "ij_px.tif")[1] is None
     # plain TIFF with resolution in pixels per centimetre (1e8 Å per cm)
     tifffile.imwrite(tmp_path / "cm.tif", image, resolution=(1e8 / 0.25, 1e8 / 0.25),
                      resolutionunit="CENTIMETER", metadata=None)

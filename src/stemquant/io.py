@@ -330,8 +330,16 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
                           stacklevel=3)
         ij = tf.imagej_metadata or {}
         unit_code = int(runit.value) if runit is not None else 2
-        if ij.get("unit") and unit_code == 1:
-            return image, _to_angstrom(1.0 / px_per_unit, str(ij["unit"]), path)
+        ij_unit = str(ij.get("unit", "")).strip()
+        if ij_unit:  # ImageJ's own calibration wins over the TIFF resolution unit
+            if ij_unit.lower() in ("pixel", "pixels", "px", "inch", "inches"):
+                return image, None
+            try:
+                return image, _to_angstrom(1.0 / px_per_unit, ij_unit, path)
+            except ValueError:
+                warnings.warn(f"{path.name}: ImageJ unit {ij_unit!r} is not a length; pixel size unknown",
+                              UserWarning, stacklevel=3)
+                return image, None
         if unit_code == 3:
             return image, _CM_IN_ANGSTROM / px_per_unit
         if unit_code == 2 and px_per_unit not in (1.0, 72.0, 96.0, 300.0):
