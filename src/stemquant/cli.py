@@ -1,0 +1,268 @@
+"""``stemquant <verb>``: command-line entry point.
+
+Verbs: ``demo`` (simulate → noise → find → fit → count, end to end), ``fit``, ``count``, ``restore``.
+The CLI composes the subpackages; each handler imports what it needs lazily so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _positive_float(text: str) -> float:
+    v = float(text)
+    if not np.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def _width(text: str):
+    if text in ("common", "individual"):
+        return text
+    return _positive_float(text)
+
+
+def _out_path(path: str | None, default: Path) -> Path:
+    return Path(path) if path else default
+
+
+# --------------------------------------------------------------------------------------------- fit
+def _cmd_fit(args) -> int:
+    from stemquant.io import load_image, write_csv_atomic
+    from stemquant.quant import find_columns, fit_columns, load_positions
+
+    image, file_p = load_image(args.image)
+    pixel_size = args.pixel_size or file_p
+    if pixel_size is None:
+        raise SystemExit(f"error: {args.image} has no pixel size in its metadata; pass --pixel-size [Å]")
+    if args.positions:
+        positions = load_positions(args.positions)
+    else:
+        positions = find_columns(image if image.ndim == 2 else image.mean(0), pixel_size,
+                                 min_distance=args.min_distance, threshold=args.threshold, method=args.method)
+        print(f"found {len(positions)} columns")
+    fit = fit_columns(image, positions, pixel_size, dose=args.dose, width=args.width, noise=args.noise,
+                      device=args.device, progress=True if image.ndim == 3 else None)
+    out = _out_path(args.out, Path(args.image).with_suffix(".columns.csv"))
+    write_csv_atomic(fit.table, out, overwrite=args.overwrite)
+    conv = fit.table["converged"].mean()
+    print(f"fitted {len(fit.table)} columns ({100 * conv:.1f}% converged) -> {out}")
+    if args.plot:
+        from stemquant.quant import plot_fit, save_figure
+
+        fig = plot_fit(image if image.ndim == 2 else image[0], fit.table[fit.table["frame"] == 0], pixel_size)
+        save_figure(fig, args.plot, overwrite=args.overwrite)
+        print(f"plot -> {args.plot}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- count
+def _cmd_count(args) -> int:
+    import pandas as pd
+
+    from stemquant.io import write_csv_atomic
+    from stemquant.quant import count_gmm, count_library, load_library_csv
+
+    try:
+        table = pd.read_csv(args.csv)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: cannot read {args.csv}: {exc}") from exc
+    if "scs" not in table.columns:
+        raise SystemExit(f"error: {args.csv} has no 'scs' column (write it with `stemquant fit`)")
+    scs = table["scs"].to_numpy(dtype=float)
+    if args.method == "gmm":
+        res = count_gmm(scs, max_components=args.max_components, n_components=args.n_components, dose=args.dose,
+                        first_count=args.first_count)
+        table["count"] = res.counts
+        print(f"GMM: {res.n_components} components selected by ICL (orders 1..{len(res.icl)}); "
+              f"means {np.array2string(res.means, precision=4)}")
+    else:
+        if not args.library:
+            raise SystemExit("error: --method library needs --library CSV (columns n_atoms, scs)")
+        lib = load_library_csv(args.library)
+        table["count"] = count_library(scs, lib)
+        res = None
+        print(f"library: counts from {len(lib)} library entries")
+    out = _out_path(args.out, Path(args.csv).with_suffix(".counts.csv"))
+    write_csv_atomic(table, out, overwrite=args.overwrite)
+    print(f"counts of {len(table)} columns, {int(table['count'].sum())} atoms in total -> {out}")
+    if args.plot and res is not None:
+        from stemquant.quant import plot_counting, save_figure
+
+        fig = plot_counting(res, scs)
+        save_figure(fig, args.plot, overwrite=args.overwrite)
+        print(f"plot -> {args.plot}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- demo
+def run_demo(out_dir="stemquant_demo", *, dose: float = 5e4, rng=0, pixel_size: float = 0.12,
+             device: str = "cpu", overwrite: bool = False) -> dict:
+    """End-to-end example on an embedded default: the 333-column Pt nanoparticle of the validation study.
+
+    structures (ase particle, projected columns) -> simulate (fast incoherent HAADF model with the bundled
+    abTEM SCS library, Table 2.1 'particle' probe) -> distort (Poisson shot noise at ``dose`` [e⁻/Å²]) ->
+    quant (find columns, joint Poisson-ML fit, SCS, CRLB, atom counting by GMM/ICL and by library) -> metrics
+    against the truth. Writes ``columns.csv`` and ``demo.png`` in ``out_dir`` and returns a summary dict.
+    """
+    from stemquant._validate import as_rng
+    from stemquant.distort import poisson_noise
+    from stemquant.io import write_csv_atomic
+    from stemquant.quant import (count_gmm, count_library, detection_metrics, find_columns, fit_columns,
+                                 metrics, plot_counting, plot_fit, save_figure)
+    from stemquant.simulate import PRESETS, load_scs_library, render_incoherent
+    from stemquant.structures import project_columns, pt_nanoparticle
+
+    rng = as_rng(rng)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atoms = pt_nanoparticle()
+    truth = project_columns(atoms)
+    side = float(atoms.cell[0, 0])
+    n = int(round(side / pixel_size))
+    library = load_scs_library("pt001_particle")
+    background = 1e-3  # fraction of the beam; a weak amorphous-support-like floor keeps λ > 0 everywhere
+    clean = render_incoherent(truth, shape=(n, n), pixel_size=pixel_size, probe=PRESETS["particle"],
+                              library=library, background=background, device=device)
+    noisy = poisson_noise(clean, dose=dose, pixel_size=pixel_size, rng=rng) / (dose * pixel_size**2)
+    # single-atom surface columns peak at ~8% of the thickest ones: a low threshold keeps them
+    found = find_columns(noisy, pixel_size, min_distance=0.8, threshold=0.03, smoothing=0.3)
+    fit = fit_columns(noisy, found, pixel_size, dose=dose, noise="poisson", width="common", device=device)
+    table = fit.table.drop(columns=["frame"])
+    lib_scs = library.scs(np.arange(1, int(truth["n_atoms"].max()) + 6))  # SCS of 1, 2, ... atoms
+    table["count_library"] = count_library(fit.scs, lib_scs)
+    # GMM + ICL as StatSTEM; the lowest component is anchored to the library count nearest to its mean
+    gmm = count_gmm(fit.scs, max_components=16)
+    first = int(count_library(gmm.means[:1], lib_scs)[0]) or 1
+    gmm = count_gmm(fit.scs, max_components=16, first_count=first)
+    table["count_gmm"] = gmm.counts
+    true_xy = truth[["x", "y"]].to_numpy()
+    fi, ti = metrics._match(fit.positions, true_xy, threshold=0.5)
+    table["true_count"] = -1
+    table.loc[fi, "true_count"] = truth["n_atoms"].to_numpy()[ti]
+    det = detection_metrics(fit.positions, true_xy, 0.5)
+    m = table["true_count"] >= 0
+    summary = {
+        "columns (true / found / fitted+converged)": f"{len(truth)} / {len(found)} / {int(fit.converged.sum())}",
+        "detection F1": round(det["f1"], 4),
+        "position MAE [Å]": round(metrics.mae_positions(fit.positions[fi], true_xy[ti]), 4),
+        "GMM components (ICL)": gmm.n_components,
+        "correct counts, GMM": round(metrics.fraction_correct_counts(table["count_gmm"][m], table["true_count"][m]), 3),
+        "correct counts, library": round(metrics.fraction_correct_counts(table["count_library"][m],
+                                                                          table["true_count"][m]), 3),
+        "median SCS CRLB [Å²]": float(np.median(fit.table["scs_crlb"])),
+    }
+    csv = write_csv_atomic(table, out / "columns.csv", overwrite=overwrite)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(15, 4.8), layout="constrained")
+    axes = fig.subplots(1, 3, width_ratios=[1.2, 1, 1])
+    plot_fit(noisy, table, pixel_size, color_by="count_gmm", ax=axes[0])
+    axes[0].set_title(f"Pt particle, {dose:g} e⁻/Å², colour = atoms (GMM)")
+    plot_counting(gmm, fit.scs, ax=axes[1:])
+    png = save_figure(fig, out / "demo.png", overwrite=overwrite)
+    summary["outputs"] = f"{csv}, {png}"
+    return summary
+
+
+def _cmd_demo(args) -> int:
+    summary = run_demo(out_dir=args.out, dose=args.dose, rng=args.seed, device=args.device,
+                       overwrite=args.overwrite)
+    for k, v in summary.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- restore
+def _cmd_restore(args) -> int:
+    from stemquant.io import load_image, save_image
+    from stemquant.restore import restore
+
+    image, p = load_image(args.input)
+    out = restore(image, model=args.model, device=args.device)
+    path = save_image(args.output, out, pixel_size=p, overwrite=args.overwrite)
+    print(f"restored {args.input} with model {args.model!r} -> {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="stemquant",
+        description="Quantitative atomic-resolution STEM: restore, fit columns, SCS, CRLB, atom counting.",
+    )
+    from stemquant import __version__
+
+    ap.add_argument("--version", action="version", version=f"stemquant {__version__}")
+    sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    d = sub.add_parser("demo", help="end-to-end example: simulated Pt nanoparticle -> noise -> fit -> count",
+                       description="Simulate the 333-column Pt nanoparticle (fast incoherent model, abTEM SCS "
+                                   "library), add Poisson noise, find and fit all columns, count atoms with a "
+                                   "GMM, compare with the truth; writes a CSV and a PNG.")
+    d.add_argument("--out", default="stemquant_demo", help="output folder (default: ./stemquant_demo)")
+    d.add_argument("--dose", type=_positive_float, default=5e4, help="electron dose [e⁻/Å²] (default 5e4)")
+    d.add_argument("--seed", type=int, default=0, help="noise seed")
+    d.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    d.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    d.set_defaults(func=_cmd_demo)
+
+    f = sub.add_parser("fit", help="fit Gaussian columns to an image (positions from CSV or found)",
+                       description="Joint fit of a constant background and one Gaussian per column; writes a "
+                                   "CSV with x, y [Å], width [Å], height, SCS, CRLBs and convergence per column.")
+    f.add_argument("image", help="image file (.npy, .tif, .h5; .dm3/.dm4/.emd/.ser with stemquant[io])")
+    f.add_argument("--pixel-size", type=_positive_float, help="pixel size [Å] (default: from the file)")
+    f.add_argument("--dose", type=_positive_float, help="dose [e⁻/Å²] of a normalised image (omit for counts)")
+    g = f.add_mutually_exclusive_group()
+    g.add_argument("--positions", help="CSV with x, y [Å] starting positions")
+    g.add_argument("--find", action="store_true", help="find columns automatically (default)")
+    f.add_argument("--method", default="maxima", choices=["maxima", "anscombe"], help="peak finder")
+    f.add_argument("--min-distance", type=_positive_float, default=1.0, help="peak finder distance [Å]")
+    f.add_argument("--threshold", type=float, default=0.1, help="peak finder relative threshold")
+    f.add_argument("--width", type=_width, default="common", help="common, individual or a fixed width [Å]")
+    f.add_argument("--noise", default="gaussian", choices=["gaussian", "poisson"], help="fitting criterion")
+    f.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    f.add_argument("--out", help="output CSV (default: IMAGE.columns.csv)")
+    f.add_argument("--plot", help="PNG with the image and fitted columns")
+    f.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    f.set_defaults(func=_cmd_fit)
+
+    c = sub.add_parser("count", help="count atoms from fitted SCS (GMM + ICL, or library)",
+                       description="Atom counting from the 'scs' column of a fit CSV.")
+    c.add_argument("csv", help="CSV with an 'scs' column (from `stemquant fit`)")
+    c.add_argument("--method", default="gmm", choices=["gmm", "library"])
+    c.add_argument("--library", help="library CSV with n_atoms, scs (for --method library)")
+    c.add_argument("--max-components", type=int, default=10, help="highest GMM order")
+    c.add_argument("--n-components", type=int, help="force this GMM order instead of the ICL minimum")
+    c.add_argument("--first-count", type=int, default=1, help="atoms in the lowest GMM component")
+    c.add_argument("--dose", type=_positive_float, help="dose-dependent component variance σ² + μ/dose")
+    c.add_argument("--out", help="output CSV (default: CSV.counts.csv)")
+    c.add_argument("--plot", help="PNG: SCS histogram with the mixture and the ICL curve")
+    c.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    c.set_defaults(func=_cmd_count)
+
+    r = sub.add_parser("restore", help="restore a noisy, scan-distorted image with a trained network",
+                       description="Tiled neural-network restoration; output on the input's intensity scale.")
+    r.add_argument("input", help="input image file")
+    r.add_argument("output", help="output image file (.npy, .tif, .h5)")
+    r.add_argument("--model", default="hrstem", help="registry name (see stemquant.restore.list_models())")
+    r.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    r.set_defaults(func=_cmd_restore)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
