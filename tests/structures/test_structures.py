@@ -62,6 +62,8 @@ def test_particle_default_matches_paper_333_columns():
     assert cols.n_atoms.sum() == 2243
     # sphere of radius ~20 Å: the central column holds floor(2 R / a) + 1 = 11 atoms
     assert cols.n_atoms.max() == 11
+    # a column of a convex particle has no gaps: its atoms span (n - 1) a along the beam
+    np.testing.assert_allclose(cols.z_max - cols.z_min, (cols.n_atoms - 1) * A, atol=1e-9)
     assert cols.surface.any() and not cols.surface.all()
     # surface columns lie on the projected rim: further from the centre than every interior column... nearly
     c = atoms.cell.lengths()[:2] / 2

@@ -106,11 +106,14 @@ def project_columns(atoms, *, tolerance: float = 0.1) -> pd.DataFrame:
     symbols = np.asarray(atoms.get_chemical_symbols())
     species = ["-".join(sorted(set(symbols[labels == c]))) for c in range(n_col)] if len(set(symbols)) > 1 \
         else [symbols[0]] * n_col
+    z_min = np.full(n_col, np.inf)
+    z_max = np.full(n_col, -np.inf)
+    np.minimum.at(z_min, labels, z)
+    np.maximum.at(z_max, labels, z)
     n_nb, surface = _surface_flags(centres, box)
     df = pd.DataFrame({
         "x": centres[:, 0], "y": centres[:, 1], "n_atoms": counts, "species": species,
-        "z_min": [z[labels == c].min() for c in range(n_col)] if n_col < 5000 else np.nan,
-        "z_max": [z[labels == c].max() for c in range(n_col)] if n_col < 5000 else np.nan,
+        "z_min": z_min, "z_max": z_max,
         "n_neighbors": n_nb, "surface": surface,
     })
     return df.sort_values(["y", "x"], kind="stable").reset_index(drop=True)
