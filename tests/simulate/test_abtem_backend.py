@@ -11,6 +11,13 @@ from stemquant.simulate import abtem_scs_series, simulate_haadf_abtem  # noqa: E
 from stemquant.structures import pt_bulk  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _fast_fftw_planning():
+    """FFTW_MEASURE planning dominates tiny runs; estimate plans instead (results equal to float32 rounding)."""
+    with abtem.config.set({"fftw.planning_effort": "FFTW_ESTIMATE"}):
+        yield
+
+
 def test_scs_series_tiny_matches_library():
     """Two unit cells, one phonon configuration, 3x3-cell supercell, 5x5 scan (step 0.39 Å < lambda/2alpha, so
     the scan mean is the exact cell integral for a band-limited signal).
