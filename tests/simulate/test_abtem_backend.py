@@ -13,7 +13,7 @@ from stemquant.structures import pt_bulk  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _fast_fftw_planning():
-    """FFTW_MEASURE planning dominates tiny runs; estimate plans instead (results equal to float32 rounding)."""
+    """FFTW_MEASURE planning dominates tiny runs; estimate the plans instead (same results to rounding)."""
     with abtem.config.set({"fftw.planning_effort": "FFTW_ESTIMATE"}):
         yield
 
@@ -54,3 +54,12 @@ def test_full_image_tiny():
     x, y = (j + 0.5) * 0.49, (i + 0.5) * 0.49
     d = np.hypot((x + 0.98) % 1.96 - 0.98, (y + 0.98) % 1.96 - 0.98)
     assert d < 0.49
+
+
+def test_scs_series_seed_determinism():
+    kw = dict(max_cells=1, lateral_cells=3, scan_gpts=3)
+    a = abtem_scs_series(PRESETS["bulk"], seed=11, **kw)[1]
+    b = abtem_scs_series(PRESETS["bulk"], seed=11, **kw)[1]
+    c = abtem_scs_series(PRESETS["bulk"], seed=12, **kw)[1]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
