@@ -39,6 +39,10 @@ def test_scs_series_bad_input():
         abtem_scs_series(PRESETS["particle"], max_cells=1, seed=0, sampling=0.05)
     with pytest.raises(ValueError, match="max_cells"):
         abtem_scs_series(PRESETS["bulk"], max_cells=0, seed=0)
+    with pytest.raises(ValueError, match="orthogonal cell"):
+        atoms = pt_bulk(1)
+        atoms.set_cell([[3.92, 1.0, 0], [0, 3.92, 0], [0, 0, 3.92]])
+        simulate_haadf_abtem(atoms, PRESETS["bulk"], pixel_size=0.5)
     with pytest.raises(ValueError, match="device"):
         abtem_scs_series(PRESETS["bulk"], max_cells=1, seed=0, device="tpu")
 

@@ -175,7 +175,11 @@ def simulate_haadf_abtem(atoms, params: ProbeParams, *, pixel_size: float, num_c
     sampling = _check_sampling(params, sampling)
     num_configs = _check_int(num_configs, "num_configs")
     dev = _abtem_device(device)
-    cell = np.diag(atoms.cell)[:2]
+    full = np.asarray(atoms.cell)
+    if not np.allclose(full, np.diag(np.diag(full))) or np.any(np.diag(full) <= 0):
+        raise ValueError("atoms must have an orthogonal cell with positive lengths [Å] (beam along z); "
+                         f"got cell {full.tolist()}")
+    cell = np.diag(full)[:2]
     w, h = (max(int(round(c / pixel_size)), 3) for c in cell)
     frozen = abtem.FrozenPhonons(atoms, num_configs=num_configs, sigmas=float(sigma),
                                  seed=_seeds(seed, num_configs))
