@@ -15,6 +15,7 @@ Criteria (``noise``):
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -298,6 +299,9 @@ class _Problem:
         self.width_mode, self.noise = width_mode, noise
         self.col_free, self.glob_free = col_free, glob_free
         self.n_types = int(types.max()) + 1
+        if noise == "poisson":  # constant part of the half-deviance, Σ m (d ln d − d), computed once
+            m = mask.reshape(-1)
+            self.const = (m * (torch.xlogy(data, data) - data)).view(geom.i0.shape[0], -1).sum(1)
 
     def model(self, st: _State):
         prof = M.profiles(self.geom, st.col[..., M.CX], st.col[..., M.CY], st.rho())
@@ -309,10 +313,10 @@ class _Problem:
         if self.noise == "gaussian":
             val = 0.5 * m * (d - f) ** 2
         else:
-            bad = (f <= 0) & (m > 0)
-            fc = torch.clamp(f, min=1e-300)
-            val = m * (f - d + torch.xlogy(d, d) - torch.xlogy(d, fc))
-            val = torch.where(bad, torch.full_like(val, math.inf), val)
+            val = m * (f - torch.xlogy(d, torch.clamp(f, min=1e-300)))
+            out = val.view(B, -1).sum(1) + self.const
+            bad = ((f <= 0) & (m > 0)).view(B, -1).any(1)
+            return torch.where(bad, torch.full_like(out, math.inf), out)
         return val.view(B, -1).sum(1)
 
     def weights(self, f):
@@ -368,7 +372,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
                    torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=dt, device=dev),
                    torch.cat((glob_free[:1], torch.zeros(n_types, dtype=dt, device=dev))))
     prof, f = lin.model(st)
-    step_c, step_g, _ = _solve_step(lin, st, prof, f, torch.zeros(B, dtype=dt, device=dev), cg_iter=50, cg_tol=1e-6)
+    step_c, step_g, _ = _solve_step(lin, st, prof, f, torch.zeros(B, dtype=dt, device=dev), cg_iter=50, cg_tol=1e-3)
     st.col += step_c
     st.glob += step_g
     if noise == "poisson":  # the likelihood needs f > 0 everywhere
@@ -501,10 +505,20 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol):
     Dg_damped = Dglob * (1 + lam[:, None])
     Pg_inv = torch.where(Dg_damped > 0, 1 / torch.where(Dg_damped > 0, Dg_damped, 1), 0.0)
 
+    # The CG iterations only need a ~1e-2 accurate step: run them in float32 (half the memory traffic) while
+    # the gradient, the criterion and the parameters stay in the working precision.
+    lo = torch.float32 if f.dtype == torch.float64 else f.dtype
+    pl = copy.copy(prob)
+    pl.mask, pl.col_free, pl.glob_free = prob.mask.to(lo), prob.col_free.to(lo), prob.glob_free.to(lo)
+    stl = _State(st.col.to(lo), st.glob.to(lo), st.types, st.width_mode)
+    profl = M.Profiles(prof.vx.to(lo), prof.vy.to(lo))
+    wl, laml, Dcoll, Dglobl = w.to(lo), lam.to(lo), Dcol.to(lo), Dglob.to(lo)
+    Pc_inv, Pg_inv = Pc_inv.to(lo), Pg_inv.to(lo)
+
     def apply_H(vc, vg):
-        u = prob.J(st, prof, vc, vg) * w
-        hc, hg = prob.JT(st, prof, u)
-        return hc + lam[:, None, None] * Dcol * vc, hg + lam[:, None] * Dglob * vg
+        u = pl.J(stl, profl, vc, vg) * wl
+        hc, hg = pl.JT(stl, profl, u)
+        return hc + laml[:, None, None] * Dcoll * vc, hg + laml[:, None] * Dglobl * vg
 
     def precond(rc, rg):
         return (Pc_inv @ rc[..., None])[..., 0], rg * Pg_inv
@@ -512,8 +526,8 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol):
     def dot(ac, ag, bc, bg):
         return (ac * bc).sum((1, 2)) + (ag * bg).sum(1)
 
-    xc, xg = torch.zeros_like(gcol), torch.zeros_like(gglob)
-    rc, rg = gcol.clone(), gglob.clone()
+    xc, xg = torch.zeros_like(gcol, dtype=lo), torch.zeros_like(gglob, dtype=lo)
+    rc, rg = gcol.to(lo), gglob.to(lo)
     zc, zg = precond(rc, rg)
     pc, pg = zc.clone(), zg.clone()
     rz = dot(rc, rg, zc, zg)
@@ -534,6 +548,7 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol):
         pc = zc + beta[:, None, None] * pc
         pg = zg + beta[:, None] * pg
         rz = rz_new
+    xc, xg = xc.to(gcol.dtype), xg.to(gcol.dtype)
     pred = 0.5 * dot(xc, xg, gcol, gglob)
     return xc, xg, pred
 
