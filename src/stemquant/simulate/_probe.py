@@ -116,7 +116,7 @@ def _probe_wave_intensity(params: ProbeParams, shape: tuple[int, int], pixel_siz
     k = np.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
     alpha = k * lam
     cutoff = params.semiangle_cutoff * 1e-3
-    kmax = min(0.5 / pixel_size, 0.5 / pixel_size)
+    kmax = 0.5 / pixel_size
     if cutoff / lam > kmax:
         raise ValueError(
             f"pixel_size={pixel_size} Å is too coarse for the {params.semiangle_cutoff} mrad aperture: "

@@ -12,6 +12,8 @@ from stemquant._validate import check_pixel_size, check_positive
 from ._library import ScsLibrary
 from ._probe import ProbeParams, _check_shape, probe_intensity
 
+_CHUNK = 2048  # columns per matrix product in _sum_columns
+
 
 def _check_columns(columns) -> tuple[np.ndarray, np.ndarray]:
     """Columns must be a DataFrame with finite x, y [Å] and n_atoms >= 0."""
@@ -146,9 +148,12 @@ def _sum_columns(rel: np.ndarray, weights: np.ndarray, shape: tuple[int, int], q
     x = t(rel[:, 0], dtype=torch.float64, device=dev)
     y = t(rel[:, 1], dtype=torch.float64, device=dev)
     wt = t(weights, dtype=torch.complex128, device=dev)
-    ey = torch.exp(-2j * np.pi * ky[:, None] * y[None, :])  # (Hf, N)
-    ex = torch.exp(-2j * np.pi * kx[:, None] * x[None, :])  # (Wf//2+1, N)
-    spec = (ey * wt[None, :]) @ ex.T  # (Hf, Wf//2+1)
+    spec = torch.zeros((hf, wf // 2 + 1), dtype=torch.complex128, device=dev)
+    for lo in range(0, len(weights), _CHUNK):  # bounded memory for many columns
+        sl = slice(lo, lo + _CHUNK)
+        ey = torch.exp(-2j * np.pi * ky[:, None] * y[None, sl])  # (Hf, n)
+        ex = torch.exp(-2j * np.pi * kx[:, None] * x[None, sl])  # (Wf//2+1, n)
+        spec += (ey * wt[None, sl]) @ ex.T  # (Hf, Wf//2+1)
     spec = spec * t(otf, dtype=torch.complex128, device=dev)
     # density per Å²: a delta of weight w on a grid of spacing q has height w / q²
     img = torch.fft.irfft2(spec, s=(hf, wf)) / q**2
