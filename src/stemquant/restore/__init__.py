@@ -2,7 +2,7 @@
 tiled inference and a model registry.
 
 Implements Lobato, Friedrich & Van Aert (2023) (network, eqs. 2–15) and the baselines of Gambini et al.
-(2023), Mohan et al. (2022) and Katsuno et al. (2023). See ``docs/restoration.md``.
+(2023), Mohan et al. (2022) and Katsuno et al. (2021). See ``docs/restoration.md``.
 """
 
 from ._baselines import (

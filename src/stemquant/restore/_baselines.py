@@ -163,7 +163,7 @@ class GambiniAutoencoder(nn.Module):
     References
     ----------
     Gambini et al., "Machine-learning approach for quantified resolvability enhancement of low-dose STEM
-    data", Mach. Learn.: Sci. Technol. 4, 015025 (2023). DOI: 10.1088/2632-2153/acbb52
+    data", Mach. Learn.: Sci. Technol. 4, 015025 (2023).
     """
 
     size_multiple = 4
@@ -241,8 +241,7 @@ class BiasFreeUNet(nn.Module):
 
     References
     ----------
-    Mohan et al., "Deep denoising for scientific discovery: a case study in electron microscopy", IEEE Trans.
-    Comput. Imaging 8, 585 (2022). DOI: 10.1109/TCI.2022.3176536
+    Mohan et al., "Deep denoising for scientific discovery: a case study in electron microscopy" (2022).
     Mohan, Kadkhodaie, Simoncelli, Fernandez-Granda, "Robust and interpretable blind image denoising via
     bias-free convolutional neural networks", ICLR 2020.
     """
@@ -302,7 +301,7 @@ def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 class ResNetUNet(nn.Module):
-    """U-Net with a ResNet-18 encoder (Katsuno et al. 2023), written in plain torch.
+    """U-Net with a ResNet-18 encoder (Katsuno et al. 2021), written in plain torch.
 
     Encoder: ResNet-18 (7×7/2 stem, 3×3/2 max pool, four stages of two basic blocks, 64-128-256-512
     channels). Decoder as in ``segmentation_models_pytorch.Unet`` (which Katsuno et al. used): five blocks,
@@ -317,8 +316,8 @@ class ResNetUNet(nn.Module):
 
     References
     ----------
-    Katsuno et al., "Fast improvement of TEM images with low-dose electrons by deep learning", Microscopy
-    (2022). DOI: 10.1093/jmicro/dfac008
+    Katsuno, Kimura, Yamazaki, Takigawa, "Fast improvement of TEM image with low-dose electrons by deep
+    learning" (2021). arXiv:2106.01718
     """
 
     size_multiple = 32

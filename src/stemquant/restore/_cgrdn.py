@@ -129,9 +129,8 @@ class CGRDN(nn.Module):
     References
     ----------
     Lobato, Friedrich, Van Aert, "Deep convolutional neural networks to restore single-shot electron
-    microscopy images", npj Comput. Mater. 10, 10 (2024). DOI: 10.1038/s41524-023-01188-0
-    Kim, Chung, Jung, "GRDN: Grouped residual dense network for real image denoising", CVPRW 2019.
-    DOI: 10.1109/CVPRW.2019.00261
+    microscopy images" (2023). DOI: 10.48550/arXiv.2303.17025
+    Kim, Chung, Jung, "GRDN: Grouped residual dense network for real image denoising", CVPR Workshops 2019.
 
     Examples
     --------

@@ -108,8 +108,9 @@ def _model_dtype(model: nn.Module, dtype) -> torch.dtype:
     return torch.float32
 
 
-def restore(image, model: str | nn.Module = "hrstem", *, device: str | torch.device = "auto", tile: int = 512,
-            overlap: int = 64, batch_size: int = 4, dtype: torch.dtype | None = None) -> np.ndarray:
+def restore(image, model: str | nn.Module = "hrstem", *, device: str | torch.device = "auto",
+            tile: int = 1024, overlap: int = 64, batch_size: int = 1,
+            dtype: torch.dtype | None = None) -> np.ndarray:
     """Restore an image (or a stack) with a network, tile by tile, on its own intensity scale.
 
     Each frame is normalised to zero mean and unit standard deviation (the network's input scale), cut into
@@ -135,14 +136,15 @@ def restore(image, model: str | nn.Module = "hrstem", *, device: str | torch.dev
         Compute device. With a module and ``"auto"``, the module's own device.
     tile : int
         Maximum tile side [pixels]; tiles shrink to spread the overlap evenly. Memory grows with
-        ``batch_size · tile²``, not with the image.
+        ``batch_size · tile²``, not with the image (published CGRDN, float32, CPU: 1.4 GB peak for one
+        1024² tile). Images up to ``tile`` pixels are restored in one piece.
     overlap : int
         Minimum number of pixels shared by neighbouring tiles [pixels]; needs
         ``tile >= 2 (overlap + size_multiple)``. Output pixels within ``overlap // 4`` of an inner tile edge
         are taken from the neighbour, so for a network whose receptive-field radius is at most
         ``overlap // 4`` tiled and untiled inference agree.
     batch_size : int
-        Tiles per forward pass.
+        Tiles per forward pass; raise it for stacks of small frames or small tiles on a GPU.
     dtype : torch.dtype, optional
         Compute dtype; default the model's parameter dtype (float32 for parameter-free modules).
 

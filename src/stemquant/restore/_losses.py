@@ -228,7 +228,7 @@ def std_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def mae_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Plain mean absolute error per sample, shape (B,) (Katsuno et al. 2023, eq. 1)."""
+    """Plain mean absolute error per sample, shape (B,) (Katsuno et al. 2021, eq. 1)."""
     _check_pair(pred, target)
     return _per_sample_mean((target - pred).abs())
 

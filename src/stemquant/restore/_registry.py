@@ -36,7 +36,7 @@ _REGISTRY: dict[str, _Spec] = {
                          "CGRDN lite for CPU (2×2×4, growth 16, 32 features; 0.18 M parameters)"),
     "gambini-ae": _Spec(GambiniAutoencoder, "Gambini et al. (2023) convolutional autoencoder, 32 filters"),
     "mohan-bf-unet": _Spec(BiasFreeUNet, "Mohan et al. (2022) bias-free UNet, 6 scales, 128 channels"),
-    "katsuno-resnet-unet": _Spec(ResNetUNet, "Katsuno et al. (2023) UNet with ResNet-18 encoder"),
+    "katsuno-resnet-unet": _Spec(ResNetUNet, "Katsuno et al. (2021) UNet with ResNet-18 encoder"),
 }
 
 
