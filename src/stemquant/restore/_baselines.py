@@ -38,7 +38,7 @@ class GaussianFilter(nn.Module):
 
     Examples
     --------
-    >>> GaussianFilter(1.0)(torch.ones(1, 1, 8, 8)).mean().item()
+    >>> round(GaussianFilter(1.0)(torch.ones(1, 1, 8, 8)).mean().item(), 6)
     1.0
     """
 
