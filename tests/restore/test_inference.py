@@ -183,3 +183,25 @@ def test_model_on_other_device_is_an_error(rng):
         pytest.skip("needs CUDA to have two device types")
     with pytest.raises(ValueError, match="model lives on"):
         restore(rng.normal(size=(40, 40)), _net(5), device="cuda")
+
+
+class _Zero(nn.Module):
+    size_multiple = 64
+
+    def forward(self, x):
+        return torch.zeros_like(x)
+
+
+class _Const(nn.Module):
+    def forward(self, x):
+        return torch.full_like(x, 2.5)
+
+
+def test_constant_network_output_restores_to_a_constant(rng):
+    # blending weights are normalised: a constant map stays that constant across tile seams; the padding to
+    # a size multiple larger than the image (37x31 -> 64x64) is cropped away
+    img = rng.normal(50.0, 5.0, size=(37, 31))
+    np.testing.assert_allclose(restore(img, _Zero(), tile=256, overlap=16), img.mean(), rtol=1e-12)
+    big = rng.normal(50.0, 5.0, size=(150, 170))
+    out = restore(big, _Const(), tile=48, overlap=16, dtype=torch.float64)
+    np.testing.assert_allclose(out, big.mean() + 2.5 * big.std(), rtol=1e-12)
