@@ -112,8 +112,17 @@ def run_demo(out_dir="stemquant_demo", *, dose: float = 5e4, rng=0, pixel_size: 
     from stemquant._validate import as_rng
     from stemquant.distort import poisson_noise
     from stemquant.io import write_csv_atomic
-    from stemquant.quant import (count_gmm, count_library, detection_metrics, find_columns, fit_columns,
-                                 metrics, plot_counting, plot_fit, save_figure)
+    from stemquant.quant import (
+        count_gmm,
+        count_library,
+        detection_metrics,
+        find_columns,
+        fit_columns,
+        metrics,
+        plot_counting,
+        plot_fit,
+        save_figure,
+    )
     from stemquant.simulate import PRESETS, load_scs_library, render_incoherent
     from stemquant.structures import project_columns, pt_nanoparticle
 

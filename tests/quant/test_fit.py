@@ -65,13 +65,13 @@ def test_stack_equals_frame_by_frame_and_table_layout(rng):
     t = fit.table
     assert list(t["frame"]) == list(np.repeat(np.arange(3), len(pos)))
     assert list(t["column"]) == list(np.tile(np.arange(len(pos)), 3))
-    # Fits stop once a step moves parameters by < 1e-3 of their CRLB, and the window size can differ between a
+    # Fits stop once a step moves parameters by < 1e-2 of their CRLB, and the window size can differ between a
     # stack and a single frame, so batched and single fits agree to a small fraction of the CRLB.
     sd = t["x_crlb"].to_numpy().reshape(3, -1)
     for b in range(3):
         single = fit_columns(stack[b], per_frame_start[b], P, dose=dose, noise="poisson", crlb=False)
-        assert np.all(np.abs(single.positions[:, 0] - fit.positions[b, :, 0]) < 0.02 * sd[b])
-        assert np.all(np.abs(single.scs - fit.scs[b]) < 0.02 * t["scs_crlb"].to_numpy().reshape(3, -1)[b])
+        assert np.all(np.abs(single.positions[:, 0] - fit.positions[b, :, 0]) < 0.05 * sd[b])
+        assert np.all(np.abs(single.scs - fit.scs[b]) < 0.05 * t["scs_crlb"].to_numpy().reshape(3, -1)[b])
 
 
 def _efficiency_run(noise, width, dose, n_frames, rng):
@@ -129,9 +129,8 @@ def test_crlb_matches_dense_autograd_fisher():
     yy, xx = (yy + 0.5) * P, (xx + 0.5) * P
 
     def lam(theta):
-        t = theta[:-1].view(3, 4)
-        f = theta[-1] + (t[:, 2, None, None] * torch.exp(
-            -((xx - t[:, 0, None, None]) ** 2 + (yy - t[:, 1, None, None]) ** 2) / (2 * t[:, 3, None, None] ** 2))).sum(0)
+        x, y, e, r = (v[:, None, None] for v in theta[:-1].view(3, 4).unbind(1))
+        f = theta[-1] + (e * torch.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * r**2))).sum(0)
         return (f * dose * P * P).reshape(-1)
 
     theta = torch.tensor(np.r_[np.c_[pos, eta, rho].ravel(), bg])

@@ -30,9 +30,9 @@ def test_render_matches_dense_gaussians_inside_window():
     f = M.render(geom, prof, eta, zeta, mask).view(2, *geom.padded_shape)[:, 12:-12, 12:-12]
     H, W = geom.shape
     yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    cx_, cy_, rho_ = cx[..., None, None], cy[..., None, None], rho[..., None, None]
     dense = zeta[:, None, None] + (
-        eta[..., None, None]
-        * torch.exp(-((xx - cx[..., None, None]) ** 2 + (yy - cy[..., None, None]) ** 2) / (2 * rho[..., None, None] ** 2))
+        eta[..., None, None] * torch.exp(-((xx - cx_) ** 2 + (yy - cy_) ** 2) / (2 * rho_**2))
     ).sum(1)
     # h = 12 px >= 6 widths: the truncated tail is below exp(-18) of the peak
     torch.testing.assert_close(f, dense, atol=1e-7, rtol=0)

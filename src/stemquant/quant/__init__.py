@@ -7,8 +7,8 @@ from . import metrics
 from ._counting import GMMCountResult, count_gmm, count_library, load_library_csv, plot_counting
 from ._crlb import column_crlb
 from ._fit import FitResult, fit_columns
-from ._plot import plot_fit, save_figure
 from ._peaks import add_columns, find_columns, load_positions, remove_columns, save_positions
+from ._plot import plot_fit, save_figure
 from .metrics import detection_metrics, surface_columns
 
 __all__ = [

@@ -15,6 +15,7 @@ Criteria (``noise``):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ def fit_columns(
     device: str = "cpu",
     dtype: torch.dtype = torch.float64,
     frames_per_batch: int | None = None,
+    num_threads: int | None = 1,
     progress: bool | None = None,
 ) -> FitResult:
     """Fit a constant background plus one round Gaussian per atomic column to an image or a stack of frames.
@@ -132,6 +134,10 @@ def fit_columns(
     frames_per_batch : int, optional
         Frames processed together. By default a batch holds about 4·10⁵ window pixels on a CPU (cache-sized) and
         2·10⁷ on a GPU.
+    num_threads : int or None
+        Torch intra-op threads used on a CPU during the fit (restored afterwards); None keeps torch's setting.
+        The kernels are many small operations: one thread was 10x faster than two on a loaded 2-core machine
+        (benchmarks/RESULTS.md); parallelise over frames or images instead.
     progress : bool, optional
         Show a tqdm progress bar over frame batches (default: when there is more than one batch).
 
@@ -214,23 +220,38 @@ def fit_columns(
         from tqdm.auto import tqdm
 
         iterator = tqdm(starts, desc="fitting frames", unit="batch")
-    for s in iterator:
-        sl = slice(s, min(B, s + chunk))
-        outs.append(
-            _fit_batch(
-                torch.as_tensor(data_all[sl], dtype=dtype, device=dev),
-                torch.as_tensor(np.ascontiguousarray(c0[sl]), dtype=dtype, device=dev),
-                torch.as_tensor(rho0[sl], dtype=dtype, device=dev),
-                torch.as_tensor(types_arr, device=dev),
-                noise=noise,
-                width_mode="fixed" if fixed_width is not None else width,
-                fixed_bg=None if fixed_bg is None else fixed_bg * scale,
-                max_iter=max_iter,
-                truncation=truncation,
+    with _cpu_threads(num_threads if dev.type == "cpu" else None):
+        for s in iterator:
+            sl = slice(s, min(B, s + chunk))
+            outs.append(
+                _fit_batch(
+                    torch.as_tensor(data_all[sl], dtype=dtype, device=dev),
+                    torch.as_tensor(np.ascontiguousarray(c0[sl]), dtype=dtype, device=dev),
+                    torch.as_tensor(rho0[sl], dtype=dtype, device=dev),
+                    torch.as_tensor(types_arr, device=dev),
+                    noise=noise,
+                    width_mode="fixed" if fixed_width is not None else width,
+                    fixed_bg=None if fixed_bg is None else fixed_bg * scale,
+                    max_iter=max_iter,
+                    truncation=truncation,
+                )
             )
-        )
-    st = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
-    return _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types_arr, crlb, stack)
+        st = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+        return _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types_arr, crlb, stack)
+
+
+@contextlib.contextmanager
+def _cpu_threads(n: int | None):
+    """Temporarily set torch's intra-op thread count (None: leave it)."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _check_types(types, n: int) -> np.ndarray:
@@ -416,11 +437,11 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         ok = (tobj <= obj) & ~done
         st.col = torch.where(ok[:, None, None], trial.col, st.col)
         st.glob = torch.where(ok[:, None], trial.glob, st.glob)
-        # Stop when the step moves the parameters by < 1e-3 of their statistical uncertainty: the predicted
+        # Stop when the step moves the parameters by < 1e-2 of their statistical uncertainty: the predicted
         # decrease ½δᵀg ≈ ½‖δ‖²_F is in log-likelihood units for Poisson, in units of σ² (estimated from the
         # residuals) for least squares. The relative-change test ends noise-free fits.
         unit = 1.0 if noise == "poisson" else 2 * obj / npix
-        small = (pred <= 5e-7 * unit) | ((obj - tobj).abs() <= 1e-13 * (1 + obj.abs()))
+        small = (pred <= 5e-5 * unit) | ((obj - tobj).abs() <= 1e-13 * (1 + obj.abs()))
         n_iter += (~done).long()
         new_lam = torch.where(ok & (gain > 0.5), torch.clamp(lam / 10, min=1e-9),
                               torch.where(ok & (gain > 0.25), lam, lam * 10))
