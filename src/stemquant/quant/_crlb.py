@@ -120,8 +120,8 @@ def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, 
     h = max(2, int(math.ceil(truncation * float(r.max()))))
     geom = M.make_geometry(c[..., 0], c[..., 1], h, shape)
     prof = M.profiles(geom, c[..., 0], c[..., 1], r)
-    gx, gxd, gxdd = prof.vx.unbind(-1)
-    gy, gyd, gydd = prof.vy.unbind(-1)
+    gx, gxd, gxdd = prof.vx.unbind(-2)
+    gy, gyd, gydd = prof.vy.unbind(-2)
     a = (e / (r * r))[..., None, None]
     b = (e / (r * r * r))[..., None, None]
     outer = lambda u, v: u[..., :, None] * v[..., None, :]  # noqa: E731

@@ -132,7 +132,7 @@ def fit_columns(
     dtype : torch.dtype
         Working precision (float64 by default; float32 is faster on GPUs).
     frames_per_batch : int, optional
-        Frames processed together. By default a batch holds about 4·10⁵ window pixels on a CPU (cache-sized) and
+        Frames processed together. By default a batch holds about 10⁶ window pixels on a CPU (cache-sized) and
         2·10⁷ on a GPU.
     num_threads : int or None
         Torch intra-op threads used on a CPU during the fit (restored afterwards); None keeps torch's setting.
@@ -210,7 +210,7 @@ def fit_columns(
     h = int(math.ceil(truncation * float(rho0.max())))
     # Frames per batch: on a CPU keep the window arrays cache-sized (larger batches were slower per column);
     # on a GPU fill the device.
-    budget = 4e5 if dev.type == "cpu" else 2e7
+    budget = 1e6 if dev.type == "cpu" else 2e7
     chunk = frames_per_batch or max(1, int(budget // max(1, N * (2 * h + 1) ** 2)))
     starts = range(0, B, chunk)
     show = progress if progress is not None else len(starts) > 1

@@ -92,7 +92,10 @@ def pad_stack(image: torch.Tensor, h: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass
 class Profiles:
-    """1-D Gaussian profiles and their moments on each window, shape (B, N, P, 3): [g, g·d, g·d²]."""
+    """1-D Gaussian profiles and their moments on each window, shape (B, N, 3, P): rows [g, g·d, g·d²].
+
+    Stored row-major (3 × P) so the batched products with P × P windows read contiguous memory.
+    """
 
     vx: torch.Tensor
     vy: torch.Tensor
@@ -105,8 +108,9 @@ def profiles(geom: PatchGeometry, cx, cy, rho) -> Profiles:
     inv = 0.5 / (rho * rho)[..., None]
     gx = torch.exp(-dx * dx * inv)
     gy = torch.exp(-dy * dy * inv)
-    vx = torch.stack((gx, gx * dx, gx * dx * dx), dim=-1)
-    vy = torch.stack((gy, gy * dy, gy * dy * dy), dim=-1)
+    gxd, gyd = gx * dx, gy * dy
+    vx = torch.stack((gx, gxd, gxd * dx), dim=-2)
+    vy = torch.stack((gy, gyd, gyd * dy), dim=-2)
     return Profiles(vx, vy)
 
 
@@ -117,7 +121,7 @@ def gather_patches(flat: torch.Tensor, geom: PatchGeometry) -> torch.Tensor:
 
 def render(geom: PatchGeometry, prof: Profiles, eta, zeta, mask) -> torch.Tensor:
     """Model on the padded stack, flattened: ζ·mask + Σ_n η_n g_y ⊗ g_x. Shape (B·Hp·Wp,)."""
-    patch = (eta[..., None, None] * prof.vy[..., 0:1]) * prof.vx[..., 0].unsqueeze(-2)
+    patch = (eta[..., None] * prof.vy[..., 0, :]).unsqueeze(-1) * prof.vx[..., 0:1, :]
     out = (zeta.view(-1, 1, 1) * mask).reshape(-1).clone()
     out.index_add_(0, geom.index.reshape(-1), patch.reshape(-1))
     return out
@@ -132,13 +136,13 @@ def jvp(geom: PatchGeometry, prof: Profiles, eta, rho, vcol, vzeta, mask) -> tor
     a = eta / (rho * rho)
     cx_, cy_, ce, cr = vcol.unbind(-1)
     cr = cr * eta / (rho * rho * rho)
-    gx, gxd, gxdd = prof.vx.unbind(-1)
+    gx, gxd, gxdd = prof.vx.unbind(-2)
     # δp = g_y ⊗ (vη g_x + a vx g_x d + cr g_x d²) + (g_y d) ⊗ (a vy g_x) + (g_y d²) ⊗ (cr g_x)
     A0 = ce[..., None] * gx + (a * cx_)[..., None] * gxd + cr[..., None] * gxdd
     A1 = (a * cy_)[..., None] * gx
     A2 = cr[..., None] * gx
     A = torch.stack((A0, A1, A2), dim=-2)  # (B, N, 3, P)
-    patch = prof.vy @ A  # (B, N, P, P)
+    patch = prof.vy.transpose(-1, -2) @ A  # (B, N, P, P)
     out = (vzeta.view(-1, 1, 1) * mask).reshape(-1).clone()
     out.index_add_(0, geom.index.reshape(-1), patch.reshape(-1))
     return out
@@ -152,7 +156,7 @@ def vjp(geom: PatchGeometry, prof: Profiles, eta, rho, r_flat, mask_sum_r) -> tu
     """
     R = gather_patches(r_flat, geom)  # (B, N, P, P)
     # M[s, t] = Σ_ab R_ab (g_y d^s)_a (g_x d^t)_b; (3×P)@(P×P) first is the fast order for small batched matmuls
-    M = (prof.vy.transpose(-1, -2) @ R) @ prof.vx  # (B, N, 3, 3)
+    M = (prof.vy @ R) @ prof.vx.transpose(-1, -2)  # (B, N, 3, 3)
     a = eta / (rho * rho)
     g = torch.stack(
         (a * M[..., 0, 1], a * M[..., 1, 0], M[..., 0, 0], eta / (rho * rho * rho) * (M[..., 0, 2] + M[..., 2, 0])),
@@ -167,11 +171,11 @@ def column_blocks(geom: PatchGeometry, prof: Profiles, eta, rho, w_flat) -> torc
     Uses S[s, t] = Σ_ab W_ab (g_y² d_y^s)_a (g_x² d_x^t)_b, s, t = 0..4. Shape (B, N, 4, 4).
     """
     Wp = gather_patches(w_flat, geom)  # (B, N, P, P)
-    gx, gy = prof.vx[..., 0], prof.vy[..., 0]
+    gx, gy = prof.vx[..., 0, :], prof.vy[..., 0, :]
     # moments d^t g² from the stored profiles: g·d^t · g
-    ex = _square_moments(prof.vx, gx)  # (B, N, P, 5)
+    ex = _square_moments(prof.vx, gx)  # (B, N, 5, P)
     ey = _square_moments(prof.vy, gy)
-    S = (ey.transpose(-1, -2) @ Wp) @ ex  # (B, N, 5, 5)
+    S = (ey @ Wp) @ ex.transpose(-1, -2)  # (B, N, 5, 5)
     a = eta / (rho * rho)
     b = eta / (rho * rho * rho)
     H = torch.empty(*eta.shape, 4, 4, dtype=eta.dtype, device=eta.device)
@@ -189,11 +193,8 @@ def column_blocks(geom: PatchGeometry, prof: Profiles, eta, rho, w_flat) -> torc
 
 
 def _square_moments(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """[g², g²d, g²d², g²d³, g²d⁴] from v = [g, g d, g d²] (avoids recomputing d)."""
-    g2 = g * v[..., 0]
-    g2d = g * v[..., 1]
-    g2d2 = g * v[..., 2]
+    """Rows [g², g²d, g²d², g²d³, g²d⁴] from rows v = [g, g d, g d²] (avoids recomputing d), shape (…, 5, P)."""
+    gv = g.unsqueeze(-2) * v  # g², g²d, g²d²
     # g d³ · g = (g d)(g d²), g d⁴ · g = (g d²)²
-    g2d3 = v[..., 1] * v[..., 2]
-    g2d4 = v[..., 2] * v[..., 2]
-    return torch.stack((g2, g2d, g2d2, g2d3, g2d4), dim=-1)
+    hi = v[..., 2:3, :] * v[..., 1:3, :]
+    return torch.cat((gv, hi), dim=-2)
