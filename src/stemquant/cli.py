@@ -30,11 +30,20 @@ def _out_path(path: str | None, default: Path) -> Path:
     return Path(path) if path else default
 
 
+def _check_outputs(*paths, overwrite: bool) -> None:
+    """Refuse before any work when an output exists (the writers check again, atomically)."""
+    for p in paths:
+        if p and Path(p).exists() and not overwrite:
+            raise ValueError(f"output {str(p)!r} already exists; pass --overwrite to replace it")
+
+
 # --------------------------------------------------------------------------------------------- fit
 def _cmd_fit(args) -> int:
     from stemquant.io import load_image, write_csv_atomic
     from stemquant.quant import find_columns, fit_columns, load_positions
 
+    out = _out_path(args.out, Path(args.image).with_suffix(".columns.csv"))
+    _check_outputs(out, args.plot, overwrite=args.overwrite)
     image, file_p = load_image(args.image)
     pixel_size = args.pixel_size or file_p
     if pixel_size is None:
@@ -47,7 +56,6 @@ def _cmd_fit(args) -> int:
         print(f"found {len(positions)} columns")
     fit = fit_columns(image, positions, pixel_size, dose=args.dose, width=args.width, noise=args.noise,
                       device=args.device, progress=True if image.ndim == 3 else None)
-    out = _out_path(args.out, Path(args.image).with_suffix(".columns.csv"))
     write_csv_atomic(fit.table, out, overwrite=args.overwrite)
     conv = fit.table["converged"].mean()
     print(f"fitted {len(fit.table)} columns ({100 * conv:.1f}% converged) -> {out}")
@@ -67,6 +75,8 @@ def _cmd_count(args) -> int:
     from stemquant.io import write_csv_atomic
     from stemquant.quant import count_gmm, count_library, load_library_csv
 
+    out = _out_path(args.out, Path(args.csv).with_suffix(".counts.csv"))
+    _check_outputs(out, args.plot, overwrite=args.overwrite)
     try:
         table = pd.read_csv(args.csv)
     except (OSError, ValueError) as exc:
@@ -87,7 +97,6 @@ def _cmd_count(args) -> int:
         table["count"] = count_library(scs, lib)
         res = None
         print(f"library: counts from {len(lib)} library entries")
-    out = _out_path(args.out, Path(args.csv).with_suffix(".counts.csv"))
     write_csv_atomic(table, out, overwrite=args.overwrite)
     print(f"counts of {len(table)} columns, {int(table['count'].sum())} atoms in total -> {out}")
     if args.plot and res is not None:
@@ -191,6 +200,7 @@ def _cmd_restore(args) -> int:
     from stemquant.io import load_image, save_image
     from stemquant.restore import restore
 
+    _check_outputs(args.output, overwrite=args.overwrite)
     image, p = load_image(args.input)
     out = restore(image, model=args.model, device=args.device)
     path = save_image(args.output, out, pixel_size=p, overwrite=args.overwrite)
