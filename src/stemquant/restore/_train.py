@@ -65,7 +65,7 @@ class TrainConfig:
         Peak learning rate of Adam.
     schedule : {"cosine", "step", "constant"}
         Learning-rate decay after the linear warm-up: cosine from ``lr`` to ``lr_min`` over ``steps``;
-        "step" multiplies by ``gamma`` every ``step_size`` steps.
+        "step" multiplies by ``gamma`` every ``step_size`` steps (counted from step 0).
     lr_min, warmup_steps, step_size, gamma : float, int, int, float
         Schedule parameters.
     steps : int
