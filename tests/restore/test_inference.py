@@ -155,7 +155,8 @@ def test_bad_input(rng):
         restore(good, "no-such-model")
 
 
-def test_missing_weights_name_the_file(rng):
+def test_missing_weights_name_the_file(rng, tmp_path, monkeypatch):
+    monkeypatch.setattr("stemquant.restore._registry.WEIGHTS_DIR", tmp_path)  # an empty weights folder
     with pytest.raises(FileNotFoundError, match=r"hrstem\.pt"):
         restore(rng.normal(size=(40, 40)), "hrstem", device="cpu")
 

@@ -5,7 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from stemquant.restore import CGRDN, build_model, list_models, load_model, model_card, restore, weights_path
+from stemquant.restore import (
+    CGRDN,
+    CGRDNConfig,
+    build_model,
+    list_models,
+    load_model,
+    model_card,
+    restore,
+    weights_path,
+)
 from stemquant.restore._registry import WEIGHTS_DIR
 
 
@@ -63,15 +72,34 @@ def test_card_required_and_checked(tmp_path):
     (tmp_path / "gambini-ae.json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match="seed"):
         load_model("gambini-ae", device="cpu", weights_dir=tmp_path)
-    (tmp_path / "gambini-ae.json").write_text(json.dumps(_card("hrstem")))
+    card = _card("gambini-ae")
+    card["architecture"] = ""
+    (tmp_path / "gambini-ae.json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match="architecture"):
         load_model("gambini-ae", device="cpu", weights_dir=tmp_path)
 
 
 def test_wrong_architecture_weights(tmp_path):
     _save(tmp_path, "hrstem-lite", build_model("gambini-ae"))
-    with pytest.raises(ValueError, match="do not fit"):
+    with pytest.raises(ValueError, match="CGRDN state_dict"):
         load_model("hrstem-lite", device="cpu", weights_dir=tmp_path)
+    _save(tmp_path, "gambini-ae", build_model("hrstem-lite"))
+    with pytest.raises(ValueError, match="do not fit"):
+        load_model("gambini-ae", device="cpu", weights_dir=tmp_path)
+
+
+@pytest.mark.parametrize("config", [CGRDNConfig.lite(), CGRDNConfig(n_grdb=3, n_rdb=1, n_layers=2, growth=4,
+                                                                    features=8)])
+def test_cgrdn_size_is_read_from_the_weight_file(tmp_path, rng, config):
+    # e.g. a lite network trained for HR-STEM shipped as hrstem.pt (the published size is only the default)
+    torch.manual_seed(1)
+    model = CGRDN(config).eval()
+    _save(tmp_path, "hrstem", model)
+    loaded = load_model("hrstem", device="cpu", weights_dir=tmp_path)
+    assert loaded.config == config
+    img = rng.normal(size=(40, 50))
+    np.testing.assert_allclose(restore(img, model, tile=64, overlap=8), restore(img, loaded, tile=64, overlap=8),
+                               rtol=1e-6, atol=1e-6)
 
 
 class _Evil:

@@ -23,17 +23,19 @@ CARD_KEYS = ("architecture", "data", "command", "seed", "metrics")
 
 @dataclass(frozen=True)
 class _Spec:
-    """A registered architecture."""
+    """A registered architecture; ``cgrdn`` entries take their size from the weight file when loading."""
 
     build: Callable[[], nn.Module]
     description: str
+    cgrdn: bool = False
 
 
 _REGISTRY: dict[str, _Spec] = {
     "hrstem": _Spec(lambda: CGRDN(CGRDNConfig.published()),
-                    "CGRDN as published for HR-STEM (4×4×8, growth 32, 64 features; 7.04 M parameters)"),
+                    "CGRDN for HR-STEM; built at the published size (4×4×8, growth 32, 64 features; 7.04 M "
+                    "parameters), loaded at the size stored in hrstem.pt", cgrdn=True),
     "hrstem-lite": _Spec(lambda: CGRDN(CGRDNConfig.lite()),
-                         "CGRDN lite for CPU (2×2×4, growth 16, 32 features; 0.18 M parameters)"),
+                         "CGRDN lite for CPU (2×2×4, growth 16, 32 features; 0.18 M parameters)", cgrdn=True),
     "gambini-ae": _Spec(GambiniAutoencoder, "Gambini et al. (2023) convolutional autoencoder, 32 filters"),
     "mohan-bf-unet": _Spec(BiasFreeUNet, "Mohan et al. (2022) bias-free UNet, 6 scales, 128 channels"),
     "katsuno-resnet-unet": _Spec(ResNetUNet, "Katsuno et al. (2021) UNet with ResNet-18 encoder"),
@@ -79,6 +81,21 @@ def build_model(name: str, *, device: str | torch.device = "cpu") -> nn.Module:
     return model.to(device=resolve_device(device), memory_format=torch.channels_last).eval()
 
 
+def _cgrdn_config_from_state(state: dict) -> CGRDNConfig:
+    """Infer the CGRDNConfig of a CGRDN state_dict from its key names and tensor shapes."""
+    try:
+        f, c_in = state["head.weight"].shape[:2]
+        n_grdb = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("body.blocks."))
+        n_rdb = 1 + max(int(k.split(".")[4]) for k in state if k.startswith("body.blocks.0.blocks."))
+        layer_keys = [k for k in state if k.startswith("body.blocks.0.blocks.0.layers.") and k.endswith("weight")]
+        n_layers = 1 + max(int(k.split(".")[6]) for k in layer_keys)
+        growth = state["body.blocks.0.blocks.0.layers.0.weight"].shape[0]
+    except (KeyError, ValueError, IndexError, AttributeError) as exc:
+        raise ValueError(f"weights do not look like a CGRDN state_dict ({type(exc).__name__}: {exc})") from exc
+    return CGRDNConfig(n_grdb=n_grdb, n_rdb=n_rdb, n_layers=n_layers, growth=int(growth), features=int(f),
+                       in_channels=int(c_in))
+
+
 def weights_path(name: str, *, weights_dir: str | Path | None = None) -> Path:
     """Path of the weight file of model ``name`` (``<weights_dir>/<name>.pt``); it need not exist."""
     _spec(name)
@@ -87,6 +104,9 @@ def weights_path(name: str, *, weights_dir: str | Path | None = None) -> Path:
 
 def model_card(name: str, *, weights_dir: str | Path | None = None) -> dict:
     """Read the model card ``<weights_dir>/<name>.json`` (architecture, data, command, seed, metrics).
+
+    ``architecture`` is a free-text description (e.g. "CGRDN lite (CGRDNConfig.lite())"); the architecture
+    itself comes from the registry name and, for CGRDN entries, from the weight file.
 
     Raises
     ------
@@ -106,8 +126,8 @@ def model_card(name: str, *, weights_dir: str | Path | None = None) -> dict:
     missing = [k for k in CARD_KEYS if k not in card]
     if missing:
         raise ValueError(f"model card {path} lacks required key(s) {missing}; required: {list(CARD_KEYS)}")
-    if card["architecture"] != name:
-        raise ValueError(f"model card {path} is for architecture {card['architecture']!r}, not {name!r}")
+    if not isinstance(card["architecture"], str) or not card["architecture"].strip():
+        raise ValueError(f"model card {path}: 'architecture' must be a non-empty description string")
     return card
 
 
@@ -117,7 +137,9 @@ def load_model(name: str, *, device: str | torch.device = "auto",
 
     Weights are read with ``torch.load(..., weights_only=True)`` from ``<weights_dir>/<name>.pt`` (default
     ``stemquant/restore/weights/``); the model card ``<name>.json`` must sit next to them
-    (:func:`model_card`).
+    (:func:`model_card`). For the CGRDN entries (``hrstem``, ``hrstem-lite``) the network size
+    (:class:`CGRDNConfig`) is read from the weight file, so e.g. a lite network trained for HR-STEM can be
+    shipped as ``hrstem.pt``; the other entries must match their registered architecture exactly.
 
     Parameters
     ----------
@@ -148,8 +170,13 @@ def load_model(name: str, *, device: str | torch.device = "auto",
         )
     model_card(name, weights_dir=weights_dir)
     dev = resolve_device(device)
-    model = build_model(name, device=dev)
     state = torch.load(path, map_location=dev, weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} must hold a state_dict (dict of tensors), got {type(state).__name__}")
+    if _spec(name).cgrdn:
+        model = CGRDN(_cgrdn_config_from_state(state)).to(device=dev, memory_format=torch.channels_last)
+    else:
+        model = build_model(name, device=dev)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
