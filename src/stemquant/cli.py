@@ -208,6 +208,18 @@ def _cmd_restore(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from stemquant.restore._train import train_main
+
+    return train_main(args.args)
+
+
+def _cmd_evaluate(args) -> int:
+    from stemquant.restore._evaluate import evaluate_main
+
+    return evaluate_main(args.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="stemquant",
@@ -271,10 +283,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="cpu, cuda or auto")
     r.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     r.set_defaults(func=_cmd_restore)
+
+    # train/evaluate own their option parsers (stemquant.restore._train/_evaluate); --help is passed through
+    t = sub.add_parser("train", help="train a restoration network (config file, checkpoints, --resume)",
+                       add_help=False)
+    t.add_argument("args", nargs=argparse.REMAINDER)
+    t.set_defaults(func=_cmd_train)
+    e = sub.add_parser("evaluate", help="PSNR/SSIM of a model vs raw/Gaussian/BM3D on a fixed synthetic test set",
+                       add_help=False)
+    e.add_argument("args", nargs=argparse.REMAINDER)
+    e.set_defaults(func=_cmd_evaluate)
     return ap
 
 
+_PASSTHROUGH = {"train": _cmd_train, "evaluate": _cmd_evaluate}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _PASSTHROUGH:  # these verbs parse their own options (incl. --help)
+        return int(_PASSTHROUGH[argv[0]](argparse.Namespace(args=argv[1:])) or 0)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

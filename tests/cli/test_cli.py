@@ -26,7 +26,7 @@ def _lattice_npy(path, rng, n=4, p=0.2):
     return pos, dose
 
 
-@pytest.mark.parametrize("verb", ["demo", "fit", "count", "restore"])
+@pytest.mark.parametrize("verb", ["demo", "fit", "count", "restore", "train", "evaluate"])
 def test_every_verb_has_help(verb, capsys):
     with pytest.raises(SystemExit) as e:
         main([verb, "--help"])

@@ -17,6 +17,7 @@ from ._baselines import (
 from ._cgrdn import CGRDN, CGRDNConfig
 from ._discriminator import PatchDiscriminator
 from ._inference import restore
+from ._train import TrainConfig, Trainer, train
 from ._losses import (
     LossWeights,
     adversarial_loss,
@@ -33,6 +34,7 @@ from ._losses import (
     std_loss,
     wmse_loss,
 )
+from ._evaluate import evaluate
 from ._registry import build_model, list_models, load_model, model_card, weights_path
 
 __all__ = [
@@ -61,6 +63,10 @@ __all__ = [
     "discriminator_loss",
     "generator_loss",
     "restore",
+    "TrainConfig",
+    "Trainer",
+    "train",
+    "evaluate",
     "list_models",
     "build_model",
     "load_model",
