@@ -393,7 +393,8 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
                    torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=dt, device=dev),
                    torch.cat((glob_free[:1], torch.zeros(n_types, dtype=dt, device=dev))))
     prof, f = lin.model(st)
-    step_c, step_g, _ = _solve_step(lin, st, prof, f, torch.zeros(B, dtype=dt, device=dev), cg_iter=50, cg_tol=1e-3)
+    step_c, step_g, _, _ = _solve_step(lin, st, prof, f, torch.zeros(B, dtype=dt, device=dev), cg_iter=50,
+                                       cg_tol=1e-3)
     st.col += step_c
     st.glob += step_g
     if noise == "poisson":  # the likelihood needs f > 0 everywhere
@@ -407,8 +408,11 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     lam = torch.full((B,), 1e-4, dtype=dt, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     n_iter = torch.zeros(B, dtype=torch.long, device=dev)
-    for _ in range(max_iter):
-        step_c, step_g, pred = _solve_step(prob, st, prof, f, lam, cg_iter=30, cg_tol=1e-2)
+    blocks = None
+    for it in range(max_iter):
+        # the preconditioner blocks settle after the first steps: refresh them every third iteration
+        step_c, step_g, pred, blocks = _solve_step(prob, st, prof, f, lam, cg_iter=30, cg_tol=1e-2,
+                                                   blocks=None if it % 3 == 0 else blocks)
         step_c = step_c * (~done)[:, None, None]
         step_g = step_g * (~done)[:, None]
         trial = _State(st.col + step_c, st.glob + step_g, types, st.width_mode)
@@ -463,6 +467,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
             if need_h > pad:
                 break  # widths exploded: reported as not converged below
             prob.geom = M.make_geometry(st.col[..., M.CX], st.col[..., M.CY], max(need_h, prob.geom.h), (H, W), pad)
+            blocks = None
             prof, f = prob.model(st)
             obj = prob.objective(f)
     prof, f = prob.model(st)
@@ -500,10 +505,12 @@ def _half_size(rho_max, truncation: float) -> int:
     return max(2, int(math.ceil(truncation * float(rho_max))))
 
 
-def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol):
+def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None):
     """Solve (JᵀWJ + λ·D) δ = JᵀW r by block-Jacobi preconditioned conjugate gradients, batched over frames.
 
-    Returns the step (per-column, global) and the predicted decrease ½ δᵀg per frame.
+    ``blocks`` may be the per-column blocks of a previous iteration: they only set the preconditioner and the
+    Marquardt scaling D, so a slightly stale copy changes the path, not the fixed point.
+    Returns the step (per-column, global), the predicted decrease ½ δᵀg per frame and the blocks used.
     """
     geom = prob.geom
     B = geom.i0.shape[0]
@@ -511,7 +518,8 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol):
     r = (prob.data - f) * w  # W (d - f), zero on padding
     gcol, gglob = prob.JT(st, prof, r)
     # preconditioner: exact 4x4 per-column blocks of JᵀWJ (ρ expanded per column); globals: diagonal
-    blocks = M.column_blocks(geom, prof, st.col[..., M.ETA], st.rho(), w)
+    if blocks is None:
+        blocks = M.column_blocks(geom, prof, st.col[..., M.ETA], st.rho(), w)
     Dcol = torch.diagonal(blocks, dim1=-2, dim2=-1) * prob.col_free
     Dglob = torch.zeros_like(gglob)
     Dglob[:, 0] = w.view(B, -1).sum(1)
@@ -571,7 +579,7 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol):
         rz = rz_new
     xc, xg = xc.to(gcol.dtype), xg.to(gcol.dtype)
     pred = 0.5 * dot(xc, xg, gcol, gglob)
-    return xc, xg, pred
+    return xc, xg, pred, blocks
 
 
 def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types, crlb, stack) -> FitResult:
