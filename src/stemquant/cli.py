@@ -83,6 +83,11 @@ def _cmd_count(args) -> int:
         raise SystemExit(f"error: cannot read {args.csv}: {exc}") from exc
     if "scs" not in table.columns:
         raise SystemExit(f"error: {args.csv} has no 'scs' column (write it with `stemquant fit`)")
+    if "converged" in table.columns and not args.include_unconverged:
+        bad = ~table["converged"].astype(bool)
+        if bad.any():
+            print(f"leaving out {int(bad.sum())} columns whose fit did not converge (--include-unconverged keeps them)")
+            table = table[~bad].reset_index(drop=True)
     scs = table["scs"].to_numpy(dtype=float)
     if args.method == "gmm":
         res = count_gmm(scs, max_components=args.max_components, n_components=args.n_components, dose=args.dose,
@@ -270,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--n-components", type=int, help="force this GMM order instead of the ICL minimum")
     c.add_argument("--first-count", type=int, default=1, help="atoms in the lowest GMM component")
     c.add_argument("--dose", type=_positive_float, help="dose-dependent component variance σ² + μ/dose")
+    c.add_argument("--include-unconverged", action="store_true",
+                   help="also count columns whose fit did not converge (left out by default)")
     c.add_argument("--out", help="output CSV (default: CSV.counts.csv)")
     c.add_argument("--plot", help="PNG: SCS histogram with the mixture and the ICL curve")
     c.add_argument("--overwrite", action="store_true", help="replace existing output files")

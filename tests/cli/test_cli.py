@@ -86,3 +86,10 @@ def test_examples_run(script, args, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args, *extra], capture_output=True,
                        text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    if script == "crlb_vs_dose.py":
+        assert (tmp_path / "plot.png").stat().st_size > 1000
+        assert r.stdout.count("CRLB") == 7  # one line per dose
+    else:
+        # the example counts a 144-column lattice: the ICL-selected mixture must count nearly all correctly
+        gmm = float(r.stdout.split("correctly counted: GMM ")[1].split(",")[0])
+        assert gmm > 0.9

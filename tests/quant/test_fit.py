@@ -74,9 +74,9 @@ def test_stack_equals_frame_by_frame_and_table_layout(rng):
         assert np.all(np.abs(single.scs - fit.scs[b]) < 0.05 * t["scs_crlb"].to_numpy().reshape(3, -1)[b])
 
 
-def _efficiency_run(noise, width, dose, n_frames, rng):
+def _efficiency_run(noise, width, dose, n_frames, rng, n=4):
     """z-scores (estimate - truth) / CRLB of x, y, SCS over frames and columns."""
-    pos, shape = lattice()
+    pos, shape = lattice(n)
     rho, eta, bg = 0.45, 0.05, 0.005
     img = gaussian_image(pos, rho, eta, bg, shape)
     counts = rng.poisson(img * dose * P * P, size=(n_frames, *shape))
@@ -91,23 +91,26 @@ def _efficiency_run(noise, width, dose, n_frames, rng):
 
 @pytest.mark.parametrize(("width", "dose"), [("common", 5e3), ("individual", 5e4)])
 def test_poisson_ml_attains_the_crlb(width, dose, rng):
-    # 40 frames x 16 columns = 640 z-scores per quantity. For an efficient unbiased estimator var(z) = 1 and the
-    # sample variance has sd sqrt(2/639) = 0.056; |var - 1| < 0.25 is a 4.5-sd band (false failure < 1e-5 per
-    # check, neglecting the weak correlation of neighbouring columns). Mean: sd 1/sqrt(640) = 0.04; band 0.2 (5 sd).
-    for z in _efficiency_run("poisson", width, dose, 40, rng):
-        assert abs(z.var() - 1) < 0.25
-        assert abs(z.mean()) < 0.2
+    # Efficiency >= 0.9 (the issue's criterion) means mean(z²) <= 1.11. With 100 frames x 25 columns = 2,500
+    # z-scores an efficient estimator has mean(z²) = 1 ± 0.028 (sd), so 1.11 lies 3.9 sd away: false-failure rate
+    # ~5e-5 per check (neglecting the weak correlation of neighbouring columns). A least-squares fit (efficiency
+    # ~0.82, benchmarks/RESULTS.md) fails it. Mean: sd 0.02, band 0.1 (5 sd).
+    for z in _efficiency_run("poisson", width, dose, 100, rng, n=5):
+        assert np.mean(z**2) < 1.11
+        assert abs(z.mean()) < 0.1
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dose", [5e2, 5e3, 5e4, 5e5])
+@pytest.mark.parametrize(
+    "dose",
+    [pytest.param(5e2, marks=pytest.mark.xfail(reason="open: ~1 count per column peak, positions reach 0.88 "
+                                                       "(benchmarks/RESULTS.md)", strict=False)),
+     1e3, 5e3, 5e4, 5e5],
+)
 def test_poisson_ml_efficiency_over_doses(dose, rng):
-    # 200 frames x 16 columns: sd of var(z) = 0.025, so efficiency >= 0.9 (var <= 1.11) is checked at > 4 sd.
-    # At 5e2 e/Å² the peaks hold ~1 count and the asymptotic bound is not reached (see benchmarks/RESULTS.md).
-    if dose < 1e3:
-        pytest.skip("below the asymptotic regime; measured in benchmarks/fit_precision.py instead")
-    for z in _efficiency_run("poisson", "common", dose, 200, rng):
-        assert 1 / z.var() >= 0.9
+    # 400 frames x 25 columns: sd of mean(z²) = 0.014, so efficiency >= 0.9 (mean z² <= 1.11) is checked at 7 sd.
+    for z in _efficiency_run("poisson", "common", dose, 400, rng, n=5):
+        assert np.mean(z**2) < 1.11
 
 
 def test_least_squares_with_gaussian_noise_attains_the_gaussian_crlb(rng):
@@ -166,15 +169,36 @@ def test_fit_table_has_contract_columns():
     assert np.all(fit.table[["x_crlb", "y_crlb", "scs_crlb"]].to_numpy() > 0)
 
 
-def test_empty_site_gives_zero_scs_within_its_bound(rng):
+@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
+@pytest.mark.parametrize("width", [0.45, "common"])
+def test_empty_site_gives_zero_scs_within_its_bound(noise, width, rng):
     pos, shape = lattice(3)
     img = gaussian_image(pos[1:], 0.45, 0.05, 0.005, shape)  # no atom column at pos[0]
     dose = 1e4
-    counts = rng.poisson(img * dose * P * P)
-    fit = fit_columns(counts / (dose * P * P), pos, P, dose=dose, noise="gaussian", width=0.45)
-    t = fit.table
-    assert abs(t.loc[0, "scs"]) < 4 * t.loc[0, "scs_crlb"]
-    assert np.all(t.loc[1:, "scs"] > 10 * t.loc[1:, "scs_crlb"])
+    for _ in range(3):
+        counts = rng.poisson(img * dose * P * P)
+        fit = fit_columns(counts / (dose * P * P), pos, P, dose=dose, noise=noise, width=width)
+        t = fit.table
+        # the empty site's SCS is 0 within 4 of its bounds (false failure 6e-5); real columns stand far above.
+        # Direct neighbours of the empty site (index 1 and 3 in the 3x3 lattice) share intensity with the phantom
+        # Gaussian, which raises their SCS bound (~3x), so the 10-sd check is made on the others.
+        assert abs(t.loc[0, "scs"]) < 4 * t.loc[0, "scs_crlb"]
+        far = [2, 4, 5, 6, 7, 8]
+        assert np.all(t.loc[far, "scs"] > 10 * t.loc[far, "scs_crlb"])
+        assert t.loc[1:, "converged"].all()
+
+
+def test_one_bad_frame_does_not_stop_the_others(rng):
+    pos, shape = lattice(3)
+    good = gaussian_image(pos, 0.45, 0.05, 0.005, shape)
+    wide = gaussian_image(pos, 0.45, 0.05, 0.005, shape) + gaussian_image(pos[:1], 1.8, 0.05, 0.0, shape)
+    dose = 2e4
+    frames = rng.poisson(np.stack([good, wide, good]) * dose * P * P) / (dose * P * P)
+    fit = fit_columns(frames, pos, P, dose=dose, noise="poisson", width="individual", width_init=0.45, crlb=False)
+    assert fit.converged[0].all() and fit.converged[2].all()
+    single = fit_columns(frames[2], pos, P, dose=dose, noise="poisson", width="individual", width_init=0.45,
+                         crlb=False)
+    np.testing.assert_allclose(single.positions, fit.positions[2], atol=0.01 * P)
 
 
 @pytest.mark.parametrize(
@@ -189,6 +213,8 @@ def test_empty_site_gives_zero_scs_within_its_bound(rng):
         ({"positions": [[1.0, 1.0, 1.0]]}, "shape"),
         ({"width": "wide"}, "width"),
         ({"noise": "laplace"}, "noise"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"noise": "poisson", "background": 0.0}, "positive background"),
         ({"image": -np.ones((20, 20)), "noise": "poisson"}, "non-negative"),
     ],
 )
@@ -206,3 +232,7 @@ def test_crlb_bad_input():
         column_crlb([[1.0, 1.0]], 0.4, 1.0, 0.1, (20, 20), P, 0.0)
     with pytest.raises(ValueError, match="positive"):
         column_crlb([[1.0, 1.0]], 0.4, 1.0, 0.0, (20, 20), P, 1e3)
+    with pytest.raises(ValueError, match="background"):
+        column_crlb([[1.0, 1.0]], 0.4, 1.0, np.nan, (20, 20), P, 1e3)
+    with pytest.raises(ValueError, match="shape"):
+        column_crlb([[1.0, 1.0]], 0.4, 1.0, 0.1, (20.5, 20), P, 1e3)

@@ -81,9 +81,11 @@ def column_crlb(
     """
     p = check_pixel_size(pixel_size)
     dose = check_dose(dose)
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 2 or min(shape) < 3:
-        raise ValueError(f"shape must be (H, W) with H, W >= 3, got {shape}")
+    if len(shape) != 2 or any(float(v) != int(v) for v in shape) or min(int(v) for v in shape) < 3:
+        raise ValueError(f"shape must be two integers (H, W) >= 3 [pixels], got {shape}")
+    shape = tuple(int(v) for v in shape)
+    if not np.isfinite(float(background)):
+        raise ValueError(f"background must be finite [image intensity units], got {background}")
     pos = check_positions(positions, shape, p)
     if pos.ndim != 2:
         raise ValueError("column_crlb takes one set of positions (N, 2); loop over frames for a stack")
@@ -171,12 +173,8 @@ def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, 
             w = mask / np.where(mask > 0, lam, 1.0)
         else:
             w = mask / (float(noise_sigma[f]) * scale) ** 2
-        F = torch.from_numpy((J.T @ sp.diags(w) @ J).toarray())
-        L, info = torch.linalg.cholesky_ex(F)
-        if int(info) != 0:
-            raise ValueError("the Fisher information is singular: two columns coincide or a column has zero "
-                             "height; remove it before computing the CRLB")
-        cov = torch.cholesky_inverse(L).numpy()  # Cholesky: ~2x faster than a general inverse
+        F = (J.T @ sp.diags(w) @ J).toarray()
+        cov = _inverse_fisher(F)
         d = np.diag(cov)
         base = np.arange(N) * n_free
         out["x_crlb"][f] = np.sqrt(d[base]) * p
@@ -196,3 +194,23 @@ def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, 
             var = var + 2 * ge * gr * cov[ie, ir] + gr**2 * cov[ir, ir]
         out["scs_crlb"][f] = np.sqrt(var) * p * p / scale
     return out
+
+
+def _inverse_fisher(F: np.ndarray) -> np.ndarray:
+    """F⁻¹ via Cholesky of the Jacobi-scaled matrix (scaling removes the huge spread of parameter units).
+
+    A parameter with no information at all (e.g. the position of a column of zero height) gets infinite variance
+    and no covariance with the others; the rest of F is inverted without it.
+    """
+    d = np.diag(F).copy()
+    known = d > 1e-14 * d.max()
+    cov = np.zeros_like(F)
+    cov[~known, ~known] = np.inf
+    s = 1.0 / np.sqrt(d[known])
+    Fs = F[np.ix_(known, known)] * s[:, None] * s[None, :]
+    L, info = torch.linalg.cholesky_ex(torch.from_numpy(Fs))
+    if int(info) != 0:
+        raise ValueError("the Fisher information is singular: two columns coincide or a column has zero "
+                         "height; remove it before computing the CRLB")
+    cov[np.ix_(known, known)] = torch.cholesky_inverse(L).numpy() * s[:, None] * s[None, :]
+    return cov

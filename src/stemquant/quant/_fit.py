@@ -190,6 +190,13 @@ def fit_columns(
     if width_init is not None:
         check_positive(width_init, "width_init", "Å")
     check_positive(truncation, "truncation", "widths")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if noise == "poisson" and fixed_bg is not None and fixed_bg <= 0:
+        raise ValueError(
+            f"background fixed at {fixed_bg} with noise='poisson': the Poisson model needs a positive background "
+            "(expected counts > 0 everywhere); fit it (background='fit') or give a positive value"
+        )
     scale = dose * p * p if dose is not None else 1.0  # image units -> data units
     if noise == "poisson":
         if np.any(img3 < 0):
@@ -368,7 +375,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     N = c0.shape[1]
     dt, dev = data.dtype, data.device
     h = _half_size(rho0.max(), truncation)
-    pad = _half_size(2 * rho0.max(), truncation) + 2  # margin for width growth and edge columns
+    pad = _half_size(3 * rho0.max(), truncation) + 2  # margin for width growth (up to 3x) and edge columns
     dpad, mask = M.pad_stack(data, pad)
     n_types = int(types.max()) + 1
     col_free = torch.tensor([1.0, 1.0, 1.0, 1.0 if width_mode == "individual" else 0.0], dtype=dt, device=dev)
@@ -398,7 +405,10 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     st.col += step_c
     st.glob += step_g
     if noise == "poisson":  # the likelihood needs f > 0 everywhere
-        st.col[..., M.ETA].clamp_(min=0.0)
+        # empty sites (false detections, vacancies) start at a small positive height: at exactly 0 every other
+        # derivative of that column vanishes and its block of JᵀWJ is singular
+        floor = 1e-3 * st.col[..., M.ETA].amax(dim=1, keepdim=True).clamp(min=1e-12)
+        st.col[..., M.ETA] = torch.maximum(st.col[..., M.ETA], floor)
         st.glob[:, 0].clamp_(min=1e-6 * float(data.mean()) + 1e-12)
 
     # Levenberg–Marquardt, one damping factor per frame.
@@ -409,6 +419,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     n_iter = torch.zeros(B, dtype=torch.long, device=dev)
     blocks = None
+    failed = torch.zeros(B, dtype=torch.bool, device=dev)
     for it in range(max_iter):
         # the preconditioner blocks settle after the first steps: refresh them every third iteration
         step_c, step_g, pred, blocks = _solve_step(prob, st, prof, f, lam, cg_iter=30, cg_tol=1e-2,
@@ -462,10 +473,17 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         rho = st.rho()
         moved = torch.maximum((st.col[..., M.CX] - (prob.geom.j0 + prob.geom.h)).abs(),
                               (st.col[..., M.CY] - (prob.geom.i0 + prob.geom.h)).abs())
-        need_h = _half_size(rho.max(), truncation)
+        # a frame whose widths outgrow the padded margin (> 3x the start) stops there and is reported as not
+        # converged; the other frames go on
+        too_wide = rho.amax(1) * truncation > pad
+        if bool((too_wide & ~done).any()):
+            failed |= too_wide & ~done
+            done |= too_wide
+            if bool(done.all()):
+                break
+        live = ~too_wide
+        need_h = min(_half_size(rho[live].max(), truncation), pad) if bool(live.any()) else prob.geom.h
         if bool((moved > 1.0).any()) or need_h > prob.geom.h:
-            if need_h > pad:
-                break  # widths exploded: reported as not converged below
             prob.geom = M.make_geometry(st.col[..., M.CX], st.col[..., M.CY], max(need_h, prob.geom.h), (H, W), pad)
             blocks = None
             prof, f = prob.model(st)
@@ -475,6 +493,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     moved = torch.maximum((st.col[..., M.CX] - c0[..., 0]).abs(), (st.col[..., M.CY] - c0[..., 1]).abs())
     conv = (
         done[:, None]
+        & ~failed[:, None]
         & (lam[:, None] <= 1e12)
         & (st.col[..., M.ETA] > 0)
         & (rho * truncation <= prob.geom.h + 0.5)
@@ -530,7 +549,9 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None):
     eye = torch.eye(4, dtype=f.dtype, device=f.device)
     Pc = blocks * (fc[:, None] * fc[None, :]) + eye * (1 - fc)
     Pc = Pc + torch.diag_embed(lam[:, None, None] * Dcol)
-    Pc_inv = torch.linalg.inv(Pc)
+    # a tiny ridge keeps blocks of columns with vanishing height invertible (it does not change regular ones)
+    ridge = 1e-12 * torch.diagonal(Pc, dim1=-2, dim2=-1).abs().amax(-1, keepdim=True) + 1e-300
+    Pc_inv = torch.linalg.inv(Pc + torch.diag_embed(ridge.expand(*Pc.shape[:-1])))
     Dg_damped = Dglob * (1 + lam[:, None])
     Pg_inv = torch.where(Dg_damped > 0, 1 / torch.where(Dg_damped > 0, Dg_damped, 1), 0.0)
 
