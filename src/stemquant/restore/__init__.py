@@ -16,8 +16,8 @@ from ._baselines import (
 )
 from ._cgrdn import CGRDN, CGRDNConfig
 from ._discriminator import PatchDiscriminator
+from ._evaluate import evaluate
 from ._inference import restore
-from ._train import TrainConfig, Trainer, train
 from ._losses import (
     LossWeights,
     adversarial_loss,
@@ -34,8 +34,8 @@ from ._losses import (
     std_loss,
     wmse_loss,
 )
-from ._evaluate import evaluate
 from ._registry import build_model, list_models, load_model, model_card, weights_path
+from ._train import TrainConfig, Trainer, train
 
 __all__ = [
     "CGRDN",
