@@ -229,3 +229,22 @@ def test_train_main(tmp_path, capsys):
     assert "stopped at step 2 of 2" in capsys.readouterr().out
     assert train_main(["--config", str(path), "--steps", "3", "--resume", "--no-progress"]) == 0
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 3
+
+
+def test_make_pair_redraws_failed_synth_draws(monkeypatch):
+    import stemquant.synth as synth
+
+    real, calls = synth.random_clean_image, []
+
+    def flaky(shape, *, rng, kind):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("numbers must be atomic numbers in [1, 103], got []")
+        return real(shape, rng=rng, kind=kind)
+
+    monkeypatch.setattr(synth, "random_clean_image", flaky)
+    noisy, clean, _ = make_pair(np.random.default_rng(3), (32, 32))
+    assert len(calls) == 2 and noisy.shape == clean.shape == (32, 32)
+    monkeypatch.setattr(synth, "random_clean_image", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
+    with pytest.raises(RuntimeError, match="consecutive failed draws"):
+        make_pair(np.random.default_rng(3), (32, 32))

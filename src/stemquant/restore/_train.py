@@ -245,17 +245,22 @@ def make_pair(rng: np.random.Generator, shape, *, dose_range=(5e2, 5e5), kind: s
     from :func:`stemquant.synth.default_distortion` at the nominal pixel size 0.1 Å (same intensity scale).
     A pair whose noisy image is constant (the STEM distortions occasionally return one, e.g. a fully
     saturated small frame) cannot be normalised as :func:`stemquant.restore.restore` does and is redrawn
-    from the same generator (deterministic).
+    from the same generator (deterministic); so is a draw where ``random_clean_image`` raises ValueError
+    (it occasionally samples a specimen without atoms).
     """
     from stemquant.synth import default_distortion, random_clean_image
 
     for _ in range(MAX_REDRAWS):
-        clean = random_clean_image(tuple(shape), rng=rng, kind=kind)
+        try:
+            clean = random_clean_image(tuple(shape), rng=rng, kind=kind)
+        except ValueError:  # synth occasionally draws a specimen without atoms (seen 2026-11-22); redraw
+            continue
         dose = float(np.exp(rng.uniform(np.log(dose_range[0]), np.log(dose_range[1]))))
         noisy = np.asarray(default_distortion()(clean, dose, rng), dtype=np.float64)
         if noisy.std() > 1e-6 * max(np.abs(noisy).max(), 1e-30):
             return noisy, clean, dose
-    raise RuntimeError(f"{MAX_REDRAWS} consecutive constant noisy images; check stemquant.distort")
+    raise RuntimeError(f"{MAX_REDRAWS} consecutive failed draws (constant noisy image or synth error); "
+                       "check stemquant.synth / stemquant.distort")
 
 
 class _BatchStream(IterableDataset):
@@ -519,8 +524,8 @@ class Trainer:
                 if due and self.step < c.steps:
                     self.save_checkpoint()
                     last_ckpt = time.monotonic()
-        except KeyboardInterrupt:
-            bar.write(f"interrupted at step {self.step}: checkpointing to {self.checkpoint_path}")
+        except BaseException as exc:  # Ctrl-C or a crash: keep the last consistent state, then re-raise
+            bar.write(f"{type(exc).__name__} at step {self.step}: checkpointing to {self.checkpoint_path}")
             self.save_checkpoint()
             raise
         finally:
