@@ -124,7 +124,7 @@ def abtem_scs_series(params: ProbeParams, *, max_cells: int, seed: int, num_conf
     dev = _abtem_device(device)
 
     atoms = pt_bulk(max_cells, repeat=(lateral_cells, lateral_cells))
-    centre = (lateral_cells // 2) * a  # a corner-type column (first atom at z = 0)
+    centre = (lateral_cells // 2) * a  # a corner-type column (its first atom is in the first slice)
     frozen = abtem.FrozenPhonons(atoms, num_configs=num_configs, sigmas=float(sigma),
                                  seed=_seeds(seed, num_configs))
     potential = abtem.Potential(frozen, sampling=sampling, slice_thickness=a / 2, exit_planes=2,
