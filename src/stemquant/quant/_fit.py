@@ -355,8 +355,9 @@ class _Problem:
 
     # --- J, Jᵀ restricted to the free parameters -------------------------------------------------------
     def J(self, st, prof, vcol, vglob):
-        vc = vcol.clone()
+        vc = vcol
         if self.width_mode == "common":
+            vc = vcol.clone()
             vc[..., M.RHO] = vglob[:, 1:][:, self.types]
         return M.jvp(self.geom, prof, st.col[..., M.ETA], st.rho(), vc, vglob[:, 0], self.mask)
 

@@ -122,7 +122,7 @@ def gather_patches(flat: torch.Tensor, geom: PatchGeometry) -> torch.Tensor:
 def render(geom: PatchGeometry, prof: Profiles, eta, zeta, mask) -> torch.Tensor:
     """Model on the padded stack, flattened: ζ·mask + Σ_n η_n g_y ⊗ g_x. Shape (B·Hp·Wp,)."""
     patch = (eta[..., None] * prof.vy[..., 0, :]).unsqueeze(-1) * prof.vx[..., 0:1, :]
-    out = (zeta.view(-1, 1, 1) * mask).reshape(-1).clone()
+    out = (zeta.view(-1, 1, 1) * mask).reshape(-1)  # a fresh tensor: safe to add into
     out.index_add_(0, geom.index.reshape(-1), patch.reshape(-1))
     return out
 
@@ -143,7 +143,7 @@ def jvp(geom: PatchGeometry, prof: Profiles, eta, rho, vcol, vzeta, mask) -> tor
     A2 = cr[..., None] * gx
     A = torch.stack((A0, A1, A2), dim=-2)  # (B, N, 3, P)
     patch = prof.vy.transpose(-1, -2) @ A  # (B, N, P, P)
-    out = (vzeta.view(-1, 1, 1) * mask).reshape(-1).clone()
+    out = (vzeta.view(-1, 1, 1) * mask).reshape(-1)
     out.index_add_(0, geom.index.reshape(-1), patch.reshape(-1))
     return out
 
