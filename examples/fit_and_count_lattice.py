@@ -23,8 +23,8 @@ X, Y = np.meshgrid(g, g)
 truth = pd.DataFrame({"x": X.ravel(), "y": Y.ravel(), "n_atoms": rng.integers(2, 9, X.size)})
 n_px = int(round(spacing * 14 / pixel_size))
 
-library = load_scs_library("pt001_particle")
-clean = render_incoherent(truth, shape=(n_px, n_px), pixel_size=pixel_size, probe=PRESETS["particle"],
+library = load_scs_library("pt001_bulk")
+clean = render_incoherent(truth, shape=(n_px, n_px), pixel_size=pixel_size, probe=PRESETS["bulk"],
                           library=library, background=1e-3)
 image = poisson_noise(clean, dose=dose, pixel_size=pixel_size, rng=rng) / (dose * pixel_size**2)
 
