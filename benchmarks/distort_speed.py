@@ -96,17 +96,23 @@ def _worker_batch(args) -> int:
 
 
 def time_particle_simulation() -> float | None:
-    """HOOK for the simulate owner: seconds to simulate the 333-column Pt particle image.
+    """Seconds to render the 333-column Pt particle at 0.12 Å with the fast incoherent model (best of 3).
 
-    Returns None while ``stemquant.simulate`` has no ``render_incoherent``. When it exists, replace the
-    body below with a timed call on the 333-column particle from ``stemquant.structures``.
+    See also ``benchmarks/simulate_speed.py`` (with its own naive baseline).
     """
     import stemquant.simulate as sim
+    from stemquant.structures import project_columns, pt_nanoparticle
 
-    if not hasattr(sim, "render_incoherent"):
-        return None
-    # --- TO BE FILLED IN by the simulate owner (render the 333-column particle and time it) ---
-    return None
+    atoms = pt_nanoparticle()
+    cols = project_columns(atoms)
+    n = int(round(float(atoms.cell[0, 0]) / 0.12))
+    lib = sim.load_scs_library("pt001_particle")
+    best = np.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        sim.render_incoherent(cols, shape=(n, n), pixel_size=0.12, probe=sim.PRESETS["particle"], library=lib)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def main() -> None:
