@@ -142,6 +142,23 @@ def test_resume_is_bit_for_bit(tmp_path):
     assert same_weights(straight, resumed)
 
 
+def test_init_weights_starts_from_exported_model(tmp_path):
+    first = tiny(tmp_path, steps=2, checkpoint_dir=str(tmp_path / "a"), export=str(tmp_path / "w.pt"))
+    trained = train(first, progress=False)
+    second = Trainer(tiny(tmp_path, checkpoint_dir=str(tmp_path / "b"), init_weights=str(tmp_path / "w.pt"),
+                          seed=7))
+    second.setup()  # a different seed would give different random weights: the file must win
+    assert same_weights(trained, second.model)
+
+
+def test_init_weights_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="init_weights"):
+        Trainer(tiny(tmp_path, init_weights=str(tmp_path / "missing.pt"))).setup()
+    torch.save({"bogus": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="does not fit"):
+        Trainer(tiny(tmp_path, init_weights=str(tmp_path / "bad.pt"))).setup()
+
+
 def test_resume_without_checkpoint_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(tiny(tmp_path), resume=True, progress=False)

@@ -101,6 +101,10 @@ class TrainConfig:
         Size of that set: number of images and their side [pixels].
     num_workers : int
         Data-loading worker processes (0 = generate in the training process).
+    init_weights : str
+        If not empty, a generator ``state_dict`` (``.pt``, e.g. an exported model) loaded after the random
+        initialisation of a fresh run: fine-tuning / a second training stage. Ignored when resuming (the
+        checkpoint holds the weights). Its architecture must match ``architecture``.
     export : str
         If not empty, the generator weights (float32 state_dict) are exported to this ``.pt`` path (with a
         model card ``.json``/``.md`` next to it) at every checkpoint.
@@ -132,6 +136,7 @@ class TrainConfig:
     eval_images: int = 8
     eval_size: int = 128
     num_workers: int = 0
+    init_weights: str = ""
     export: str = ""
 
     def __post_init__(self):
@@ -344,9 +349,21 @@ class Trainer:
 
     # ---- construction ------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        """The generator (CGRDN of the configured size), initialised from ``config.seed``."""
+        """The generator (CGRDN of the configured size), initialised from ``config.seed``, then from
+        ``config.init_weights`` if given."""
         torch.manual_seed(self.config.seed)
-        return CGRDN(ARCHITECTURES[self.config.architecture]())
+        model = CGRDN(ARCHITECTURES[self.config.architecture]())
+        if self.config.init_weights:
+            path = Path(self.config.init_weights)
+            if not path.is_file():
+                raise FileNotFoundError(f"init_weights: no weight file at {path}")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                model.load_state_dict(state)
+            except (RuntimeError, TypeError) as exc:
+                raise ValueError(f"init_weights {path} does not fit architecture "
+                                 f"{self.config.architecture!r}: {exc}") from exc
+        return model
 
     def setup(self) -> None:
         """Build model, optimiser, scheduler (and discriminator for GAN training)."""
