@@ -40,8 +40,9 @@ def random_clean_image(shape=(256, 256), *, rng=None, kind: str = "hrstem", pixe
 
     Notes
     -----
-    Implements the undistorted data generation of Lobato et al. (eqs. 16-26). An image whose std/mean
-    constraint cannot be met (e.g. an empty field of view) is redrawn from the same generator.
+    Implements the undistorted data generation of Lobato et al. (eqs. 16-26). A specimen without any atom in
+    the field of view, and an image whose std/mean constraint cannot be met (e.g. an empty field of view), are
+    redrawn from the same generator.
 
     Examples
     --------
@@ -57,6 +58,11 @@ def random_clean_image(shape=(256, 256), *, rng=None, kind: str = "hrstem", pixe
         this = kind if kind != "any" else ("hrstem" if rng.random() < P_HRSTEM else "lowres")
         if this == "hrstem":
             spec = sample_specimen((h, w), rng=rng, pixel_size=pixel_size)
+            if spec.numbers.size == 0:
+                # No atom at all (e.g. an amorphous layer whose kept shape misses the wedge, without support):
+                # an empty field of view like the all-zero render below, so redraw instead of letting
+                # sample_profiles reject the empty species list.
+                continue
             linear = render_specimen(spec, sample_profiles(spec.numbers, rng=rng))
         else:
             linear = lowres_image((h, w), rng)
