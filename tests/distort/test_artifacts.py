@@ -77,7 +77,10 @@ def test_black_pixels_and_zingers(rng):
 def test_upper_clip_and_quantise(rng):
     img = rng.random((2, 37, 31)) * 10
     c = upper_clip(img, fraction=0.5)
-    assert np.allclose(c.max(axis=(1, 2)), 0.5 * img.max(axis=(1, 2)))
+    lo, hi = img.min(axis=(1, 2)), img.max(axis=(1, 2))
+    assert np.allclose(c.max(axis=(1, 2)), lo + 0.5 * (hi - lo))
+    below = img < (lo + 0.5 * (hi - lo))[:, None, None]
+    assert np.array_equal(c[below], img[below])
     assert np.array_equal(upper_clip(img, fraction=1.0), img)
     q = quantise(img, adc_gain=4.0)
     assert np.allclose(q * 4, np.round(q * 4)) and np.max(np.abs(q - img)) <= 0.125 + 1e-12
@@ -85,3 +88,12 @@ def test_upper_clip_and_quantise(rng):
         quantise(img, adc_gain=0.0)
     with pytest.raises(ValueError, match="fraction"):
         upper_clip(img, fraction=0.0)
+
+
+def test_upper_clip_keeps_a_pedestal_image_non_constant():
+    """Regression: T_u used to be fraction·max, so a frame whose minimum is above that (a pedestal of 0.9·max)
+    came out constant. T_u = min + fraction·(max − min) keeps every pixel below it unchanged."""
+    img = 0.9 + 0.1 * np.random.default_rng(5).random((2, 16, 16))
+    c = upper_clip(img, fraction=0.8)
+    assert np.all(np.ptp(c, axis=(1, 2)) > 0)
+    assert np.array_equal(c.min(axis=(1, 2)), img.min(axis=(1, 2)))

@@ -183,3 +183,48 @@ def test_tem_fixed_pattern_shared_over_stack():
     out = TEMDistortion(p)(np.full((3, 40, 40), 0.5), dose=100.0, pixel_size=0.1, rng=2).image
     dead = out == 0
     assert dead[0].any() and np.array_equal(dead[0], dead[1]) and np.array_equal(dead[0], dead[2])
+
+
+def _pedestal_image(n=32, floor=0.91):
+    """Low-contrast clean image: a Gaussian bump on a pedestal (min/max = ``floor``)."""
+    yy, xx = np.mgrid[0:n, 0:n]
+    return floor + (1 - floor) * np.exp(-((xx - n / 2) ** 2 + (yy - n / 2) ** 2) / (2 * 4.0**2))
+
+
+def test_sampled_clip_does_not_flatten_frame_regression():
+    """Regression for constant frames from the training sampler: seed [42, 110000] (32×32, 1.1e5 e⁻/Å²,
+    p = 0.1 Å) draws clip_fraction ≈ 0.83; with T_u = 0.83·max every pixel of a clean image with
+    min/max ≈ 0.91 was above T_u, so the whole frame came out constant (= T_u, then quantised)."""
+    params = sample_stem_params(np.random.default_rng([42, 110000]))
+    assert params.clip_fraction is not None and params.clip_fraction < 0.91  # the reproducing draw
+    out = STEMDistortion(params)(_pedestal_image(), dose=1.1e5, pixel_size=0.1, rng=42).image
+    assert np.ptp(out) > 0
+
+
+def test_sampler_path_reproducer_not_constant():
+    """The exact reported path: synth.default_distortion() on random_clean_image((32, 32), rng=42, kind="any")
+    at 1.1e5 e⁻/Å² with the generator default_rng([42, 110000]) returned a constant frame before the fix."""
+    synth = pytest.importorskip("stemquant.synth")
+    from stemquant.synth._image import random_clean_image
+
+    clean = random_clean_image((32, 32), rng=42, kind="any")
+    out = synth.default_distortion()(clean, 1.1e5, np.random.default_rng([42, 110000]))
+    assert np.ptp(out) > 0
+
+
+@pytest.mark.parametrize("zinger_fraction", [0.0, 1e-3])
+def test_pipeline_clip_only_saturates_the_top_of_the_signal_range(zinger_fraction):
+    """With black pixels and zingers on, the pipeline's clip equals min(signal, T_u) with T_u taken from the
+    signal range before those artefacts: dead pixels (0) cannot pull T_u below a pedestal. Clip draws no
+    random numbers, so the same seed without clip gives the unclipped frame."""
+    base = STEMParams().replace(black_pixel_fraction=1e-2, zinger_fraction=zinger_fraction, pmt=True)
+    img = np.stack([_pedestal_image(), _pedestal_image(floor=0.5)])
+    ref = STEMDistortion(base)(img, dose=1e5, pixel_size=0.1, rng=8).image
+    out = STEMDistortion(base.replace(clip_fraction=0.8))(img, dose=1e5, pixel_size=0.1, rng=8).image
+    assert np.all(ref.min(axis=(1, 2)) == 0)  # black pixels present
+    clipped = out != ref
+    assert np.all(ref[clipped] > out[clipped])  # clipping only lowers pixels
+    for f in range(2):
+        live = (ref[f] > 0) & (ref[f] < ref[f].max())
+        assert np.unique(out[f][live]).size > 10  # the signal survives
+        assert clipped[f].mean() < 0.5

@@ -175,22 +175,42 @@ def zingers(image, mask, *, strength=(1.0, 2.0), rng=None) -> np.ndarray:
     return out
 
 
+def _clip_threshold(reference: np.ndarray, fraction: float) -> np.ndarray:
+    """Per-frame saturation level ``T_u = min + fraction · (max − min)`` of ``reference`` (broadcastable)."""
+    lo = reference.min(axis=(-2, -1), keepdims=True)
+    return lo + fraction * (_frame_max(reference) - lo)
+
+
 def upper_clip(image, *, fraction) -> np.ndarray:
-    """Saturate at ``T_u = fraction · max(frame)``: ``x ← min(x, T_u)`` (eqs. 39 and 54).
+    """Saturate at ``T_u = min + fraction · (max − min)`` of each frame: ``x ← min(x, T_u)`` (eqs. 39 and 54).
+
+    The papers give no value for T_u. Because the count scale depends on the dose, T_u is set relative to the
+    frame's signal range, as an operator's brightness/contrast setting maps that range onto the ADC: the top
+    ``1 − fraction`` of the range saturates. (An earlier version used ``fraction · max``, which flattened the
+    *whole* frame whenever the image sits on a pedestal above ``fraction · max`` — a low-contrast clean image
+    at high dose; see docs/distortions.md.) With ``fraction < 1`` the pixels at the frame minimum always stay
+    below T_u, so a non-constant frame never becomes constant.
 
     Parameters
     ----------
     image : ndarray, shape (H, W) or (B, H, W)
     fraction : float
-        Threshold as a fraction of each frame's maximum, in (0, 1]; 1 leaves the image unchanged.
+        Saturation level as a fraction of each frame's range [min, max], in (0, 1]; 1 leaves the image
+        unchanged.
 
     Returns
     -------
     ndarray, same shape
+
+    Examples
+    --------
+    >>> upper_clip(np.array([[10.0, 12.0], [18.0, 20.0]]), fraction=0.5)
+    array([[10., 12.],
+           [15., 15.]])
     """
     img = check_image(image)
     fraction = check_fraction(fraction, "fraction", allow_zero=False)
-    return np.minimum(img, fraction * _frame_max(img))
+    return np.minimum(img, _clip_threshold(img, fraction))
 
 
 def quantise(image, *, adc_gain) -> np.ndarray:

@@ -97,7 +97,9 @@ class STEMParams:
     zinger_strength : tuple of float
         Zinger value range as multiples of the frame maximum (see ``zingers``).
     clip_fraction : float or None
-        Upper clip threshold T_u as a fraction of the frame maximum (eq. 54); None = off.
+        Upper clip (eq. 54): saturation at T_u = min + clip_fraction · (max − min) of each frame's signal
+        after the fast-scan PSF and before row lines, black pixels and zingers (see ``upper_clip``);
+        None = off.
     adc_gain : float or None
         ADC levels per detected electron (eq. 55); the output is ``round(g·x)/g`` so it stays in counts;
         None = off.
@@ -201,7 +203,8 @@ class TEMParams:
     zinger_strength : tuple of float
         Zinger value range as multiples of the frame maximum.
     clip_fraction : float or None
-        Upper clip T_u as a fraction of the frame maximum (eq. 39); None = off.
+        Upper clip (eq. 39): saturation at T_u = min + clip_fraction · (max − min) of each frame's signal
+        before black pixels and zingers (see ``upper_clip``); None = off.
     adc_gain : float or None
         ADC levels per count (eq. 40); output ``round(g·x)/g``; None = off.
     """

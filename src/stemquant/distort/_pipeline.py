@@ -10,12 +10,12 @@ from stemquant._validate import as_rng, check_dose, check_image, check_pixel_siz
 from stemquant.units import counts_per_pixel
 
 from ._artifacts import (
+    _clip_threshold,
     black_pixels,
     quantise,
     random_pixel_mask,
     random_walk_mask,
     row_line_noise,
-    upper_clip,
     zingers,
 )
 from ._checks import check_nonneg_image
@@ -163,6 +163,8 @@ class STEMDistortion:
             kw = fast_scan_params(p.dwell_time, detector_time=p.detector_time, readout_decay=p.readout_decay,
                                   readout_period=p.readout_period, readout_phase=p.readout_phase)
             x = _convolve_rows(x, _cached_psf(kw["alpha"], kw["beta"], kw["gamma"], kw["theta"], w))
+        # saturation level from the signal range before the outlier artefacts (see upper_clip)
+        t_clip = None if p.clip_fraction is None else _clip_threshold(x, p.clip_fraction)
         if p.row_line_count > 0:
             x = row_line_noise(x, count=p.row_line_count, max_length=p.row_line_length, rng=rng)
         if p.black_pixel_fraction > 0:
@@ -170,8 +172,8 @@ class STEMDistortion:
         if p.zinger_fraction > 0:
             x = zingers(x, random_pixel_mask(x.shape, fraction=p.zinger_fraction, rng=rng),
                         strength=p.zinger_strength, rng=rng)
-        if p.clip_fraction is not None:
-            x = upper_clip(x, fraction=p.clip_fraction)
+        if t_clip is not None:
+            x = np.minimum(x, t_clip)
         if p.adc_gain is not None:
             x = quantise(x, adc_gain=p.adc_gain)
         return x, dx, dy
@@ -231,6 +233,8 @@ class TEMDistortion:
             x = flicker_noise(x, sigma=p.flicker_sigma, rng=rng)
         if p.reset_sigma > 0:
             x = reset_noise(x, sigma=p.reset_sigma, rng=rng)
+        # saturation level from the signal range before the outlier artefacts (see upper_clip)
+        t_clip = None if p.clip_fraction is None else _clip_threshold(x, p.clip_fraction)
         if p.black_pixel_count > 0:
             bm = random_walk_mask((h, w), count=p.black_pixel_count, steps=p.cluster_steps, rng=rng)
             x = black_pixels(x, bm)
@@ -238,8 +242,8 @@ class TEMDistortion:
             zm = np.stack([random_walk_mask((h, w), count=p.zinger_count, steps=p.cluster_steps, rng=rng)
                            for _ in range(b)])
             x = zingers(x, zm, strength=p.zinger_strength, rng=rng)
-        if p.clip_fraction is not None:
-            x = upper_clip(x, fraction=p.clip_fraction)
+        if t_clip is not None:
+            x = np.minimum(x, t_clip)
         if p.adc_gain is not None:
             x = quantise(x, adc_gain=p.adc_gain)
         if x is counts:
