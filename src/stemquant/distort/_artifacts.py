@@ -204,9 +204,8 @@ def upper_clip(image, *, fraction) -> np.ndarray:
 
     Examples
     --------
-    >>> upper_clip(np.array([[10.0, 12.0], [18.0, 20.0]]), fraction=0.5)
-    array([[10., 12.],
-           [15., 15.]])
+    >>> upper_clip(np.array([[10.0, 12.0, 14.0]] * 2 + [[16.0, 18.0, 20.0]]), fraction=0.5)[:, 2]
+    array([14., 14., 15.])
     """
     img = check_image(image)
     fraction = check_fraction(fraction, "fraction", allow_zero=False)
