@@ -88,3 +88,23 @@ def test_dataloader_with_two_workers():
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PairDataset(**{"shape": (16, 16), **kwargs})
+
+
+@pytest.mark.parametrize("name", ["stem_distortion", "tem_distortion"])
+def test_stem_and_tem_pairs_share_the_clean_scale(name):
+    # noisy = counts / (dose p²): the median over the brighter half of the pixels must track the clean image.
+    # A missing or doubled normalisation is off by dose·p² = 500; the random gains, offsets and clipping of the
+    # distortion models move the median by tens of percent at most, hence the factor-2 window.
+    pytest.importorskip("stemquant.distort")
+    import stemquant.synth as synth
+
+    f = getattr(synth, name)
+    ds = PairDataset(shape=(48, 40), seed=4, distortion=lambda c, d, r: f(c, d, r), kind="lowres",
+                     dose_range=(5e4, 5e4))
+    for noisy, clean in _take(ds, 5):
+        bright = clean > clean.median()
+        ratio = noisy[bright].median() / clean[bright].median()
+        assert 0.5 < ratio.item() < 2.0
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    clean = np.full((32, 32), 0.5)
+    np.testing.assert_array_equal(f(clean, 1e3, rng_a), f(clean, 1e3, rng_b))  # same rng -> same output

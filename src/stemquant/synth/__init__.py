@@ -4,7 +4,7 @@ Data flow: :func:`sample_specimen` -> :func:`render_specimen` (with :func:`sampl
 :func:`postprocess` = :func:`random_clean_image`; :class:`PairDataset` adds a distortion. See docs/synth.md.
 """
 
-from ._dataset import PairDataset, default_distortion, poisson_distortion, worker_rng
+from ._dataset import PairDataset, default_distortion, poisson_distortion, stem_distortion, tem_distortion, worker_rng
 from ._image import random_clean_image
 from ._lowres import lowres_image
 from ._post import postprocess
@@ -27,5 +27,7 @@ __all__ = [
     "render_specimen",
     "sample_profiles",
     "sample_specimen",
+    "stem_distortion",
+    "tem_distortion",
     "worker_rng",
 ]

@@ -32,6 +32,21 @@ def stem_distortion(clean: np.ndarray, dose: float, rng: np.random.Generator, *,
     return np.asarray(out.image, dtype=np.float64) / (dose * pixel_size**2)
 
 
+def tem_distortion(clean: np.ndarray, dose: float, rng: np.random.Generator, *,
+                   pixel_size: float = NOMINAL_PIXEL_SIZE) -> np.ndarray:
+    """Random TEM (camera) distortion from ``stemquant.distort``; counts divided by dose * p^2.
+
+    ``TEMDistortion(sample_tem_params(rng))`` (Lobato et al. eqs. 27-40: MTF, shot noise, fixed-pattern, dark
+    current, read-out noises, black pixels, zingers, clipping, quantisation). Pass it as
+    ``PairDataset(distortion=tem_distortion)`` for TEM training pairs; the clean target is not blurred by the
+    MTF (see ``stemquant.distort.TEMDistortion``).
+    """
+    from stemquant.distort import TEMDistortion, sample_tem_params
+
+    out = TEMDistortion(sample_tem_params(rng))(clean, dose=dose, pixel_size=pixel_size, rng=rng)
+    return np.asarray(out.image, dtype=np.float64) / (dose * pixel_size**2)
+
+
 def default_distortion() -> Callable:
     """``stem_distortion`` if ``stemquant.distort`` provides it, else ``poisson_distortion``."""
     try:
@@ -59,7 +74,8 @@ class PairDataset(IterableDataset):
     distortion : callable, optional
         ``f(clean, dose, rng) -> noisy`` with ``clean`` the normalised image (H, W), ``dose`` [e⁻/Å²] and a
         numpy Generator. None selects :func:`default_distortion`: random STEM distortions from
-        ``stemquant.distort`` when that module provides them, else Poisson noise. Either default treats the
+        ``stemquant.distort`` when that module provides them, else Poisson noise; :func:`tem_distortion`
+        gives TEM camera distortions. Either default treats the
         clean image as intensity at pixel size ``pixel_size`` and divides the counts by ``dose * pixel_size²``
         so that noisy and clean share the normalised-intensity scale.
     dose_range : tuple of float
