@@ -33,6 +33,7 @@ each preset) at several dwell times, raw vs restored, with the first-order predi
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -172,7 +173,9 @@ def run_distortion(kind, clean, pos, scs, model, frames, rng) -> pd.DataFrame:
                 fit_columns(restored, start, P, noise="gaussian", crlb=False, progress=False))
         for method, fit in zip(METHODS, fits, strict=True):
             rows.append({"distortion": kind, "dose": dose, "method": method, **errors(fit, pos, scs)})
-        print(f"# {kind}, dose {dose:.0e}: restored {frames} frames in {t_restore:.2f} s", flush=True)
+        # progress on stderr, so that stdout is the pasteable report
+        print(f"# {kind}, dose {dose:.0e}: restored {frames} frames in {t_restore:.2f} s", file=sys.stderr,
+              flush=True)
     return pd.DataFrame(rows)
 
 
@@ -193,7 +196,7 @@ def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
 def _fmt(v) -> str:
     """4 significant digits for floats, the value otherwise."""
     if isinstance(v, float | np.floating):
-        return f"{v:.0e}" if v >= 100 and float(v).is_integer() else f"{v:.4g}"
+        return f"{v:.0e}".replace("e+0", "e") if v >= 100 and float(v).is_integer() else f"{v:.4g}"
     return str(v)
 
 
