@@ -31,6 +31,9 @@ from . import _model as M
 from ._crlb import crlb_from_state
 
 _WIDTH_MODES = ("common", "individual")
+# Stopping threshold: a column's share of the predicted decrease of the last step, ½δₙᵀgₙ, in log-likelihood units
+# (Poisson) or units of σ² (least squares); 5e-5 means the step moved it by ~1e-2 of its statistical uncertainty.
+_STOP_SHARE = 5e-5
 
 
 @dataclass(frozen=True)
@@ -331,6 +334,20 @@ class _Problem:
             m = mask.reshape(-1)
             self.const = (m * (torch.xlogy(data, data) - data)).view(geom.i0.shape[0], -1).sum(1)
 
+    def lowp(self, lo):
+        """A view of this problem with mask and free-parameter flags in dtype ``lo`` (cached per dtype)."""
+        if lo == self.mask.dtype:
+            return self
+        cache = self.__dict__.setdefault("_lowp", {})
+        pl = cache.get(lo)
+        if pl is None:
+            pl = copy.copy(self)
+            pl.__dict__.pop("_lowp", None)
+            pl.mask, pl.col_free, pl.glob_free = self.mask.to(lo), self.col_free.to(lo), self.glob_free.to(lo)
+            cache[lo] = pl
+        pl.geom = self.geom  # windows are re-centred during the fit
+        return pl
+
     def model(self, st: _State):
         prof = M.profiles(self.geom, st.col[..., M.CX], st.col[..., M.CY], st.rho())
         return prof, M.render(self.geom, prof, st.col[..., M.ETA], st.glob[:, 0], self.mask)
@@ -339,7 +356,8 @@ class _Problem:
         d, m = self.data, self.mask.reshape(-1)
         B = self.geom.i0.shape[0]
         if self.noise == "gaussian":
-            val = 0.5 * m * (d - f) ** 2
+            r = (d - f) * m
+            val = 0.5 * r * r
         else:
             val = m * (f - torch.xlogy(d, torch.clamp(f, min=1e-300)))
             out = val.view(B, -1).sum(1) + self.const
@@ -425,10 +443,14 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     n_iter = torch.zeros(B, dtype=torch.long, device=dev)
     blocks = None
     failed = torch.zeros(B, dtype=torch.bool, device=dev)
+    n_cg = 0
     for it in range(max_iter):
-        # the preconditioner blocks settle after the first steps: refresh them every third iteration
-        step_c, step_g, pred, blocks, share = _solve_step(prob, st, prof, f, lam, cg_iter=30, cg_tol=1e-2,
-                                                          blocks=None if it % 3 == 0 else blocks)
+        # The preconditioner blocks settle after the first step (re-centred windows only change their truncated
+        # tails): reuse them, and refresh when the last solve needed more CG iterations than usual or every 5th
+        # iteration. Stale blocks change the path, not the fixed point.
+        refresh = blocks is None or it % 5 == 0 or n_cg > 3
+        step_c, step_g, pred, blocks, share, n_cg = _solve_step(prob, st, prof, f, lam, cg_iter=30, cg_tol=1e-2,
+                                                                blocks=None if refresh else blocks)
         step_c = step_c * (~done)[:, None, None]
         step_g = step_g * (~done)[:, None]
         trial = _State(st.col + step_c, st.glob + step_g, types, st.width_mode)
@@ -462,19 +484,22 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # in units of σ² (estimated from the residuals) for least squares. Per column, so the test does not
         # tighten with the number of columns. The relative-change test ends noise-free fits.
         unit = 1.0 if noise == "poisson" else 2 * obj / npix
-        small = (share <= 5e-5 * unit) | ((obj - tobj).abs() <= 1e-13 * (1 + obj.abs()))
+        small = (share <= _STOP_SHARE * unit) | ((obj - tobj).abs() <= 1e-13 * (1 + obj.abs()))
         n_iter += (~done).long()
         new_lam = torch.where(ok & (gain > 0.5), torch.clamp(lam / 10, min=1e-9),
                               torch.where(ok & (gain > 0.25), lam, lam * 10))
         lam = torch.where(done, lam, new_lam)
         done = done | (ok & small) | (lam > 1e12)
         obj = torch.where(ok, tobj, obj)
-        if bool(done.all()):
-            break
+        # the model of the accepted state: the trial's where the step was taken (no new render)
         if bool(ok.all()):
             prof, f = tprof, tf
         elif bool(ok.any()):
-            prof, f = prob.model(st)
+            okp = ok[:, None, None, None]
+            prof = M.Profiles(torch.where(okp, tprof.vx, prof.vx), torch.where(okp, tprof.vy, prof.vy))
+            f = torch.where(ok[:, None], tf.view(B, -1), f.view(B, -1)).reshape(-1)
+        if bool(done.all()):
+            break
         # keep every Gaussian inside its window: re-centre/enlarge windows when columns move or widths grow
         rho = st.rho()
         moved = torch.maximum((st.col[..., M.CX] - (prob.geom.j0 + prob.geom.h)).abs(),
@@ -491,10 +516,8 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         need_h = min(_half_size(rho[live].max(), truncation), pad) if bool(live.any()) else prob.geom.h
         if bool((moved > 1.0).any()) or need_h > prob.geom.h:
             prob.geom = M.make_geometry(st.col[..., M.CX], st.col[..., M.CY], max(need_h, prob.geom.h), (H, W), pad)
-            blocks = None
             prof, f = prob.model(st)
             obj = prob.objective(f)
-    prof, f = prob.model(st)
     rho = st.rho()
     moved = torch.maximum((st.col[..., M.CX] - c0[..., 0]).abs(), (st.col[..., M.CY] - c0[..., 1]).abs())
     conv = (
@@ -535,39 +558,52 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None):
 
     ``blocks`` may be the per-column blocks of a previous iteration: they only set the preconditioner and the
     Marquardt scaling D, so a slightly stale copy changes the path, not the fixed point.
-    Returns the step (per-column, global), the predicted decrease ½ δᵀg per frame, the blocks used and the
-    largest per-column share of the predicted decrease.
+    Returns the step (per-column, global), the predicted decrease ½ δᵀg per frame, the blocks used, the
+    largest per-column share of the predicted decrease and the number of CG iterations.
     """
     geom = prob.geom
     B = geom.i0.shape[0]
+    dt = f.dtype
     w = prob.weights(f)
-    r = (prob.data - f) * w  # W (d - f), zero on padding
-    gcol, gglob = prob.JT(st, prof, r)
+    r = (prob.data - f) * w  # W (d - f), zero on padding; in the working precision (d − f cancels)
+    # Everything that only needs ~1e-6 relative accuracy runs in float32 (half the memory traffic): the gradient
+    # JᵀW r (its rounding moves the fixed point by ~1e-7 of the statistical error: r itself is exact), the
+    # preconditioner blocks and the CG iterations, which only need a ~1e-2 accurate step. The criterion, the
+    # residual and the parameters stay in the working precision.
+    lo = torch.float32 if dt == torch.float64 else dt
+    pl = prob.lowp(lo)
+    stl = _State(st.col.to(lo), st.glob.to(lo), st.types, st.width_mode)
+    profl = M.Profiles(prof.vx.to(lo), prof.vy.to(lo))
+    wl = w.to(lo)
+    gcol, gglob = pl.JT(stl, profl, r.to(lo))
     # Preconditioner: the exact per-column 4x4 blocks of JᵀWJ plus the exact coupling of every column with the
     # global parameters (background, shared widths), eliminated by a Schur complement; only overlaps between
     # neighbouring columns are left to the CG iterations.
     G = gglob.shape[1]
     if blocks is None:
-        eta, rho = st.col[..., M.ETA], st.rho()
-        cb = M.column_blocks(geom, prof, eta, rho, w)
+        eta, rho = stl.col[..., M.ETA], stl.rho()
+        cb = M.column_blocks(geom, profl, eta, rho, wl).to(dt)
         # exact columns of JᵀWJ for each global parameter (one J·v, Jᵀ·u pair each): the coupling of the
         # background and shared widths with every column, overlaps included, and the global-global block
         zc = torch.zeros_like(gcol)
-        C = torch.zeros(B, cb.shape[1], G, 4, dtype=f.dtype, device=f.device)
-        Gm0 = torch.zeros(B, G, G, dtype=f.dtype, device=f.device)
+        C = torch.zeros(B, cb.shape[1], G, 4, dtype=dt, device=f.device)
+        Gm0 = torch.zeros(B, G, G, dtype=dt, device=f.device)
         for g in range(G):
             if float(prob.glob_free[g]) == 0.0:
                 continue
-            e = torch.zeros_like(gglob)
-            e[:, g] = 1.0
-            hc, hg = prob.JT(st, prof, prob.J(st, prof, zc, e) * w)
-            C[:, :, g, :], Gm0[:, :, g] = hc, hg
+            if g == 0:  # J e_ζ is the 0/1 mask of real pixels: W·J e_ζ = W, no scatter needed
+                hc, hg = pl.JT(stl, profl, wl)
+            else:
+                e = torch.zeros_like(gglob)
+                e[:, g] = 1.0
+                hc, hg = pl.JT(stl, profl, pl.J(stl, profl, zc, e) * wl)
+            C[:, :, g, :], Gm0[:, :, g] = hc.to(dt), hg.to(dt)
         blocks = (cb, C, Gm0)
     cb, C, Gm0 = blocks
     fc, fg = prob.col_free, prob.glob_free
     Dcol = torch.diagonal(cb, dim1=-2, dim2=-1) * fc
     Dglob = torch.diagonal(Gm0, dim1=-2, dim2=-1) * fg
-    eye = torch.eye(4, dtype=f.dtype, device=f.device)
+    eye = torch.eye(4, dtype=dt, device=f.device)
     Pc = cb * (fc[:, None] * fc[None, :]) + eye * (1 - fc)
     Pc = Pc + torch.diag_embed(lam[:, None, None] * Dcol)
     # a tiny ridge keeps blocks of columns with vanishing height invertible (it does not change regular ones)
@@ -579,14 +615,7 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None):
     S = Gm - (C @ K).sum(1) + torch.diag_embed(1.0 - fg).expand(B, G, G)
     S_inv = torch.linalg.inv(S + torch.diag_embed(1e-12 * torch.diagonal(S, dim1=-2, dim2=-1).abs() + 1e-300))
 
-    # The CG iterations only need a ~1e-2 accurate step: run them in float32 (half the memory traffic) while
-    # the gradient, the criterion and the parameters stay in the working precision.
-    lo = torch.float32 if f.dtype == torch.float64 else f.dtype
-    pl = copy.copy(prob)
-    pl.mask, pl.col_free, pl.glob_free = prob.mask.to(lo), prob.col_free.to(lo), prob.glob_free.to(lo)
-    stl = _State(st.col.to(lo), st.glob.to(lo), st.types, st.width_mode)
-    profl = M.Profiles(prof.vx.to(lo), prof.vy.to(lo))
-    wl, laml, Dcoll, Dglobl = w.to(lo), lam.to(lo), Dcol.to(lo), Dglob.to(lo)
+    laml, Dcoll, Dglobl = lam.to(lo), Dcol.to(lo), Dglob.to(lo)
     Pc_inv, C, K, S_inv = Pc_inv.to(lo), C.to(lo), K.to(lo), S_inv.to(lo)
 
     def apply_H(vc, vg):
@@ -602,8 +631,8 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None):
     def dot(ac, ag, bc, bg):
         return (ac * bc).sum((1, 2)) + (ag * bg).sum(1)
 
-    xc, xg = torch.zeros_like(gcol, dtype=lo), torch.zeros_like(gglob, dtype=lo)
-    rc, rg = gcol.to(lo), gglob.to(lo)
+    xc, xg = torch.zeros_like(gcol), torch.zeros_like(gglob)
+    rc, rg = gcol.clone(), gglob.clone()
     zc, zg = precond(rc, rg)
     pc, pg = zc.clone(), zg.clone()
     rz = dot(rc, rg, zc, zg)
@@ -624,11 +653,12 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None):
         pc = zc + beta[:, None, None] * pc
         pg = zg + beta[:, None] * pg
         rz = rz_new
-    xc, xg = xc.to(gcol.dtype), xg.to(gcol.dtype)
+    xc, xg = xc.to(dt), xg.to(dt)
+    gcol, gglob = gcol.to(dt), gglob.to(dt)
     pred = 0.5 * dot(xc, xg, gcol, gglob)
     # largest share of one column (or one global parameter) in the predicted decrease: the stopping test
     share = torch.maximum((0.5 * xc * gcol).sum(-1).abs().amax(1), (0.5 * xg * gglob).abs().amax(1))
-    return xc, xg, pred, blocks, share
+    return xc, xg, pred, blocks, share, _it + 1
 
 
 def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types, crlb, stack) -> FitResult:

@@ -43,6 +43,8 @@ class PatchGeometry:
         Row/column of the window's first pixel in *unpadded* coordinates (may be negative).
     index : Tensor, shape (B, N, P, P)
         Flat index of each window pixel into the padded stack of shape (B, H + 2·pad, W + 2·pad).
+    start : Tensor, shape (B·N,)
+        Flat index of each window's first pixel (``index[..., 0, 0]``), for strided gathers.
     rows, cols : Tensor, shape (B, N, P)
         Pixel-centre coordinates (unpadded) of the window rows/columns [px].
     """
@@ -53,6 +55,7 @@ class PatchGeometry:
     i0: torch.Tensor
     j0: torch.Tensor
     index: torch.Tensor
+    start: torch.Tensor
     rows: torch.Tensor
     cols: torch.Tensor
 
@@ -80,7 +83,7 @@ def make_geometry(cx: torch.Tensor, cy: torch.Tensor, h: int, shape: tuple[int, 
     index = frame + rows_p[..., :, None] * Wp + cols_p[..., None, :]
     rows = (i0[..., None] + ar).to(cx.dtype)
     cols = (j0[..., None] + ar).to(cx.dtype)
-    return PatchGeometry(h, pad, (H, W), i0, j0, index, rows, cols)
+    return PatchGeometry(h, pad, (H, W), i0, j0, index, index[..., 0, 0].reshape(-1), rows, cols)
 
 
 def pad_stack(image: torch.Tensor, h: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,16 +118,32 @@ def profiles(geom: PatchGeometry, cx, cy, rho) -> Profiles:
 
 
 def gather_patches(flat: torch.Tensor, geom: PatchGeometry) -> torch.Tensor:
-    """Windows of a flattened padded stack, shape (B, N, P, P). ``index_select`` is ~5x faster than fancy indexing."""
-    return flat.index_select(0, geom.index.reshape(-1)).view(geom.index.shape)
+    """Windows of a flattened padded stack, shape (B, N, P, P).
+
+    Every window is a (P, P) strided view of the flat stack (row stride Wp), so one ``index_select`` over the window
+    starts copies P contiguous runs per window: ~3x faster than gathering each pixel by its own index.
+    """
+    flat = flat.contiguous()
+    P = 2 * geom.h + 1
+    Wp = geom.padded_shape[1]
+    n = flat.numel() - (P - 1) * (Wp + 1)  # window starts that keep the whole window inside the stack
+    windows = flat.as_strided((n, P, P), (1, Wp, 1), flat.storage_offset())
+    return windows.index_select(0, geom.start).view(geom.index.shape)
+
+
+def scatter_patches(out: torch.Tensor, geom: PatchGeometry, patch: torch.Tensor) -> torch.Tensor:
+    """Add (B, N, P, P) windows into the flattened padded stack ``out`` in place (overlaps summed) and return it.
+
+    ``scatter_add_`` is ~1.6x faster than ``index_add_`` for this 1-D accumulation on a CPU.
+    """
+    return out.scatter_add_(0, geom.index.reshape(-1), patch.reshape(-1))
 
 
 def render(geom: PatchGeometry, prof: Profiles, eta, zeta, mask) -> torch.Tensor:
     """Model on the padded stack, flattened: ζ·mask + Σ_n η_n g_y ⊗ g_x. Shape (B·Hp·Wp,)."""
     patch = (eta[..., None] * prof.vy[..., 0, :]).unsqueeze(-1) * prof.vx[..., 0:1, :]
     out = (zeta.view(-1, 1, 1) * mask).reshape(-1)  # a fresh tensor: safe to add into
-    out.index_add_(0, geom.index.reshape(-1), patch.reshape(-1))
-    return out
+    return scatter_patches(out, geom, patch)
 
 
 def jvp(geom: PatchGeometry, prof: Profiles, eta, rho, vcol, vzeta, mask) -> torch.Tensor:
@@ -144,8 +163,7 @@ def jvp(geom: PatchGeometry, prof: Profiles, eta, rho, vcol, vzeta, mask) -> tor
     A = torch.stack((A0, A1, A2), dim=-2)  # (B, N, 3, P)
     patch = prof.vy.transpose(-1, -2) @ A  # (B, N, P, P)
     out = (vzeta.view(-1, 1, 1) * mask).reshape(-1)
-    out.index_add_(0, geom.index.reshape(-1), patch.reshape(-1))
-    return out
+    return scatter_patches(out, geom, patch)
 
 
 def vjp(geom: PatchGeometry, prof: Profiles, eta, rho, r_flat, mask_sum_r) -> tuple[torch.Tensor, torch.Tensor]:
