@@ -206,3 +206,44 @@ def test_constant_network_output_restores_to_a_constant(rng):
     big = rng.normal(50.0, 5.0, size=(150, 170))
     out = restore(big, _Const(), tile=48, overlap=16, dtype=torch.float64)
     np.testing.assert_allclose(out, big.mean() + 2.5 * big.std(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (17, 23), (31, 20)])
+def test_tiny_images_match_the_padded_reference(shape, rng):
+    # issue 4 §6: images below 32 px are restored (not rejected) down to MIN_SIZE = 16; sides that are odd or
+    # smaller than the network's size multiple are reflection-padded and cropped, exactly as in _untiled
+    net = _net(6, stride2=True)
+    img = rng.poisson(30.0, size=shape).astype(float)
+    np.testing.assert_allclose(restore(img, net, tile=64, overlap=8), _untiled(img, net), rtol=1e-12, atol=1e-9)
+    # a size multiple (64) four times the image side: repeated reflection, output still the input's shape
+    out = restore(img, _Zero(), tile=256, overlap=16)
+    np.testing.assert_allclose(out, img.mean(), rtol=1e-12)
+
+
+class _Recorder(nn.Module):
+    """Identity that records the shape of every batch it is given."""
+
+    size_multiple = 8
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return x
+
+
+def test_large_image_network_memory_is_bounded_by_tile_and_batch(rng):
+    # issue 4 §6 "huge images (memory-bounded tiling)": whatever the image size, the network never sees more
+    # than batch_size tiles of at most tile × tile pixels, and the blended output is still exact (identity)
+    img = rng.normal(500.0, 20.0, size=(1500, 1103)).astype(np.float32)
+    net = _Recorder()
+    out = restore(img, net, tile=256, overlap=32, batch_size=3, dtype=torch.float64)
+    assert len(net.shapes) > 10
+    assert all(b <= 3 and c == 1 and h <= 256 and w <= 256 for b, c, h, w in net.shapes)
+    covered = sum(b * h * w for b, _, h, w in net.shapes)
+    # each axis is covered by n tiles, n = ceil((L - e) / (tile - e)), e = overlap + size_multiple: n·tile / L
+    # <= tile (L + tile - 2e) / ((tile - e) L) = 1.324 and 1.374 for the padded 1504 and 1104 px sides
+    assert covered <= 1.324 * 1.374 * 1504 * 1104
+    np.testing.assert_allclose(out, img.astype(np.float64), rtol=1e-12)

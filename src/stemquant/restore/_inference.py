@@ -27,7 +27,8 @@ def _normalise(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-frame ``(x - mean) / std``; raise for constant frames. Returns (normalised, mean, std)."""
     mean = frames.mean(axis=(1, 2))
     std = frames.std(axis=(1, 2))
-    scale = np.maximum(np.abs(mean), np.abs(frames).max(axis=(1, 2)))
+    # max |x| from max and min: no temporary array the size of the stack
+    scale = np.maximum(np.abs(frames.max(axis=(1, 2))), np.abs(frames.min(axis=(1, 2))))
     flat = std <= 1e-12 * np.maximum(scale, np.finfo(np.float64).tiny)
     if np.any(flat):
         i = int(np.argmax(flat))
@@ -35,7 +36,9 @@ def _normalise(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             f"image frame {i} is constant (value {mean[i]:g}, std {std[i]:g}): there is nothing to restore "
             "and it cannot be normalised to unit standard deviation; remove it from the stack"
         )
-    return (frames - mean[:, None, None]) / std[:, None, None], mean, std
+    norm = frames - mean[:, None, None]
+    norm /= std[:, None, None]  # in place: one image-sized temporary, not two
+    return norm, mean, std
 
 
 def _axis_tiles(length: int, tile: int, overlap: int, multiple: int) -> tuple[int, list[int]]:
@@ -191,6 +194,7 @@ def restore(image, model: str | nn.Module = "hrstem", *, device: str | torch.dev
         total_c[s : s + tw] += win
 
     x = torch.as_tensor(norm, dtype=cdtype).to(dev)
+    del norm  # whole-image buffers are the only memory that grows with the image: keep as few as possible
     acc = torch.zeros_like(x)
     rw = [torch.as_tensor(v, dtype=cdtype, device=dev) for v in row_w]
     cw = [torch.as_tensor(v, dtype=cdtype, device=dev) for v in col_w]
@@ -214,7 +218,11 @@ def restore(image, model: str | nn.Module = "hrstem", *, device: str | torch.dev
     finally:
         net.train(was_training)
 
-    res = acc.to("cpu", torch.float64).numpy()[:, :h, :w]
-    res = res / (total_r[:h, None] * total_c[None, :w])
-    res = res * std[:, None, None] + mean[:, None, None]
-    return res.reshape(arr.shape)
+    del x
+    res = acc.to("cpu", torch.float64).numpy()
+    del acc
+    res = res[:, :h, :w]
+    res /= total_r[:h, None] * total_c[None, :w]
+    res *= std[:, None, None]
+    res += mean[:, None, None]
+    return np.ascontiguousarray(res).reshape(arr.shape)
