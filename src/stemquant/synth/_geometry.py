@@ -175,7 +175,9 @@ def polygon_rod_planes(centre, axis, radius: float, n_vertices: int, rng: np.ran
     mids = 0.5 * (phi + np.roll(phi, -1))
     mids[-1] += np.pi  # wrap-around edge
     half = 0.5 * np.mod(np.roll(phi, -1) - phi, 2 * np.pi)
-    dist = radius * np.cos(np.minimum(half, np.pi / 2 - 1e-6))  # distance from centre to each edge line
+    # signed distance from the centre to each edge line; negative for a gap > 180 deg, where the polygon does
+    # not contain the centre (clamping it at 0 would push that edge out beyond the circle)
+    dist = radius * np.cos(half)
     normals = np.cos(mids)[:, None] * u + np.sin(mids)[:, None] * v
     d = -(normals @ np.asarray(centre) + dist)
     return np.column_stack([normals, d])
