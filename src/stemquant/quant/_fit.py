@@ -330,6 +330,7 @@ class _Problem:
         self.width_mode, self.noise = width_mode, noise
         self.col_free, self.glob_free = col_free, glob_free
         self.n_types = int(types.max()) + 1
+        self.data_real = None
         if noise == "poisson":  # constant part of the half-deviance, Σ m (d ln d − d), computed once
             m = mask.reshape(-1)
             self.const = (m * (torch.xlogy(data, data) - data)).view(geom.i0.shape[0], -1).sum(1)
@@ -352,18 +353,23 @@ class _Problem:
         prof = M.profiles(self.geom, st.col[..., M.CX], st.col[..., M.CY], st.rho())
         return prof, M.render(self.geom, prof, st.col[..., M.ETA], st.glob[:, 0], self.mask)
 
+    def real(self, t):
+        """Strided (B, H, W) view of the real pixels of a flattened padded map."""
+        g = self.geom
+        Hp, Wp = g.padded_shape
+        return t.view(-1, Hp, Wp)[:, g.pad : g.pad + g.shape[0], g.pad : g.pad + g.shape[1]]
+
     def objective(self, f):
-        d, m = self.data, self.mask.reshape(-1)
-        B = self.geom.i0.shape[0]
+        # on the real pixels only: ~35 % fewer elements than the padded stack and no mask product
+        if self.data_real is None:
+            self.data_real = self.real(self.data).contiguous()
+        d, fr = self.data_real, self.real(f)
         if self.noise == "gaussian":
-            r = (d - f) * m
-            val = 0.5 * r * r
-        else:
-            val = m * (f - torch.xlogy(d, torch.clamp(f, min=1e-300)))
-            out = val.view(B, -1).sum(1) + self.const
-            bad = ((f <= 0) & (m > 0)).view(B, -1).any(1)
-            return torch.where(bad, torch.full_like(out, math.inf), out)
-        return val.view(B, -1).sum(1)
+            r = d - fr
+            return 0.5 * (r * r).sum((1, 2))
+        out = (fr - torch.xlogy(d, torch.clamp(fr, min=1e-300))).sum((1, 2)) + self.const
+        bad = (fr <= 0).flatten(1).any(1)
+        return torch.where(bad, torch.full_like(out, math.inf), out)
 
     def weights(self, f):
         m = self.mask.reshape(-1)
@@ -374,19 +380,21 @@ class _Problem:
     # --- J, Jᵀ restricted to the free parameters -------------------------------------------------------
     def J(self, st, prof, vcol, vglob):
         vc = vcol
-        if self.width_mode == "common":
-            vc = vcol.clone()
-            vc[..., M.RHO] = vglob[:, 1:][:, self.types]
+        if self.width_mode == "common":  # the shared width's step, expanded to its columns (slot ρ is not free)
+            vc = torch.cat((vcol[..., :M.RHO], vglob[:, 1:][:, self.types, None]), -1)
         return M.jvp(self.geom, prof, st.col[..., M.ETA], st.rho(), vc, vglob[:, 0], self.mask)
 
     def JT(self, st, prof, u):
         B = self.geom.i0.shape[0]
         gcol, _ = M.vjp(self.geom, prof, st.col[..., M.ETA], st.rho(), u, None)
-        gglob = torch.zeros(B, 1 + self.n_types, dtype=u.dtype, device=u.device)
-        gglob[:, 0] = u.view(B, -1).sum(1)  # u is already masked (zero on padding)
-        if self.width_mode == "common":
-            gglob[:, 1:].index_add_(1, self.types, gcol[..., M.RHO])
-        return gcol * self.col_free, gglob * self.glob_free
+        gz = u.view(B, -1).sum(1, keepdim=True)  # u is already masked (zero on padding)
+        if self.width_mode != "common":
+            gr = gz.new_zeros(B, self.n_types)
+        elif self.n_types == 1:
+            gr = gcol[..., M.RHO].sum(1, keepdim=True)
+        else:
+            gr = gz.new_zeros(B, self.n_types).index_add_(1, self.types, gcol[..., M.RHO])
+        return gcol * self.col_free, torch.cat((gz, gr), 1) * self.glob_free
 
 
 def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, truncation):
@@ -573,8 +581,8 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None):
     lo = torch.float32 if dt == torch.float64 else dt
     pl = prob.lowp(lo)
     stl = _State(st.col.to(lo), st.glob.to(lo), st.types, st.width_mode)
-    profl = M.Profiles(prof.vx.to(lo), prof.vy.to(lo))
-    wl = w.to(lo)
+    profl = M.Profiles(prof.vx.to(lo), prof.vy.to(lo), M.coefficients(stl.col[..., M.ETA], stl.rho()))
+    wl = pl.mask.reshape(-1) if prob.noise == "gaussian" else w.to(lo)  # W = mask for least squares
     gcol, gglob = pl.JT(stl, profl, r.to(lo))
     # Preconditioner: the exact per-column 4x4 blocks of JᵀWJ plus the exact coupling of every column with the
     # global parameters (background, shared widths), eliminated by a Schur complement; only overlaps between
@@ -598,12 +606,73 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None):
                 e[:, g] = 1.0
                 hc, hg = pl.JT(stl, profl, pl.J(stl, profl, zc, e) * wl)
             C[:, :, g, :], Gm0[:, :, g] = hc.to(dt), hg.to(dt)
-        blocks = (cb, C, Gm0)
-    cb, C, Gm0 = blocks
-    fc, fg = prob.col_free, prob.glob_free
+        blocks = {"cb": cb, "C": C, "Gm0": Gm0}
+    # The factorised preconditioner depends on λ only through λ·D: while λ stays ≤ 1e-3 (a ≤ 0.1 % change of the
+    # diagonal) the one built for an earlier λ is as good, so it is rebuilt with the blocks or when λ grows.
+    pre = blocks.get("pre")
+    if pre is None or not bool((((lam <= 1e-3) & (blocks["lam"] <= 1e-3)) | (lam == blocks["lam"])).all()):
+        pre = blocks["pre"] = _preconditioner(blocks["cb"], blocks["C"], blocks["Gm0"], lam, prob.col_free,
+                                              prob.glob_free, lo)
+        blocks["lam"] = lam
+    Pc_inv, C, K, S_inv, Dcoll, Dglobl = pre
+    laml = lam.to(lo)
+
+    # CG on one flat vector per frame, (4N + G) = (columns, globals): fewer, larger tensor operations
+    N = gcol.shape[1]
+    nc = 4 * N
+
+    def split(v):
+        return v[:, :nc].view(B, N, 4), v[:, nc:]
+
+    lamD = laml[:, None] * torch.cat((Dcoll.reshape(B, nc), Dglobl), 1)
+
+    def apply_H(v):
+        vc, vg = split(v)
+        hc, hg = pl.JT(stl, profl, pl.J(stl, profl, vc, vg) * wl)
+        return torch.cat((hc.reshape(B, nc), hg), 1).addcmul_(lamD, v)
+
+    def precond(rv):
+        rc, rg = split(rv)
+        y = (Pc_inv @ rc[..., None])[..., 0]
+        zg = (S_inv @ (rg - (C @ y[..., None])[..., 0].sum(1))[..., None])[..., 0]
+        return torch.cat(((y - (K @ zg[:, None, :, None])[..., 0]).reshape(B, nc), zg), 1)
+
+    g = torch.cat((gcol.reshape(B, nc), gglob), 1)
+    x = torch.zeros_like(g)
+    res = g.clone()
+    z = precond(res)
+    pv = z
+    rz = (res * z).sum(1)
+    stop = cg_tol * cg_tol * rz
+    for _it in range(cg_iter):
+        Hp = apply_H(pv)
+        pHp = (pv * Hp).sum(1)
+        alpha = torch.where(pHp > 0, rz / torch.where(pHp > 0, pHp, 1), 0.0)[:, None]
+        x.addcmul_(alpha, pv)
+        res.addcmul_(alpha, Hp, value=-1.0)
+        z = precond(res)
+        rz_new = (res * z).sum(1)
+        if bool((rz_new <= stop).all()):
+            break
+        beta = torch.where(rz > 0, rz_new / torch.where(rz > 0, rz, 1), 0.0)[:, None]
+        pv = torch.addcmul(z, beta, pv)
+        rz = rz_new
+    xc, xg = split(x)
+    xc, xg = xc.to(dt), xg.to(dt)
+    gcol, gglob = gcol.to(dt), gglob.to(dt)
+    pred = 0.5 * ((xc * gcol).sum((1, 2)) + (xg * gglob).sum(1))
+    # largest share of one column (or one global parameter) in the predicted decrease: the stopping test
+    share = torch.maximum((0.5 * xc * gcol).sum(-1).abs().amax(1), (0.5 * xg * gglob).abs().amax(1))
+    return xc, xg, pred, blocks, share, _it + 1
+
+
+def _preconditioner(cb, C, Gm0, lam, fc, fg, lo):
+    """Factorised block preconditioner of JᵀWJ + λ·D in dtype ``lo``: per-column block inverses, the Schur
+    complement of the global parameters, and the Marquardt diagonals D (columns, globals)."""
+    B, G = Gm0.shape[0], Gm0.shape[1]
     Dcol = torch.diagonal(cb, dim1=-2, dim2=-1) * fc
     Dglob = torch.diagonal(Gm0, dim1=-2, dim2=-1) * fg
-    eye = torch.eye(4, dtype=dt, device=f.device)
+    eye = torch.eye(4, dtype=cb.dtype, device=cb.device)
     Pc = cb * (fc[:, None] * fc[None, :]) + eye * (1 - fc)
     Pc = Pc + torch.diag_embed(lam[:, None, None] * Dcol)
     # a tiny ridge keeps blocks of columns with vanishing height invertible (it does not change regular ones)
@@ -614,51 +683,7 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None):
     K = Pc_inv @ C.transpose(-1, -2)  # (B, N, 4, G)
     S = Gm - (C @ K).sum(1) + torch.diag_embed(1.0 - fg).expand(B, G, G)
     S_inv = torch.linalg.inv(S + torch.diag_embed(1e-12 * torch.diagonal(S, dim1=-2, dim2=-1).abs() + 1e-300))
-
-    laml, Dcoll, Dglobl = lam.to(lo), Dcol.to(lo), Dglob.to(lo)
-    Pc_inv, C, K, S_inv = Pc_inv.to(lo), C.to(lo), K.to(lo), S_inv.to(lo)
-
-    def apply_H(vc, vg):
-        u = pl.J(stl, profl, vc, vg) * wl
-        hc, hg = pl.JT(stl, profl, u)
-        return hc + laml[:, None, None] * Dcoll * vc, hg + laml[:, None] * Dglobl * vg
-
-    def precond(rc, rg):
-        y = (Pc_inv @ rc[..., None])[..., 0]
-        zg = (S_inv @ (rg - (C @ y[..., None])[..., 0].sum(1))[..., None])[..., 0]
-        return y - (K @ zg[:, None, :, None])[..., 0], zg
-
-    def dot(ac, ag, bc, bg):
-        return (ac * bc).sum((1, 2)) + (ag * bg).sum(1)
-
-    xc, xg = torch.zeros_like(gcol), torch.zeros_like(gglob)
-    rc, rg = gcol.clone(), gglob.clone()
-    zc, zg = precond(rc, rg)
-    pc, pg = zc.clone(), zg.clone()
-    rz = dot(rc, rg, zc, zg)
-    rz0 = rz.clone()
-    for _it in range(cg_iter):
-        Hc, Hg = apply_H(pc, pg)
-        pHp = dot(pc, pg, Hc, Hg)
-        alpha = torch.where(pHp > 0, rz / torch.where(pHp > 0, pHp, 1), 0.0)
-        xc += alpha[:, None, None] * pc
-        xg += alpha[:, None] * pg
-        rc -= alpha[:, None, None] * Hc
-        rg -= alpha[:, None] * Hg
-        zc, zg = precond(rc, rg)
-        rz_new = dot(rc, rg, zc, zg)
-        if bool((rz_new <= cg_tol * cg_tol * rz0).all()):
-            break
-        beta = torch.where(rz > 0, rz_new / torch.where(rz > 0, rz, 1), 0.0)
-        pc = zc + beta[:, None, None] * pc
-        pg = zg + beta[:, None] * pg
-        rz = rz_new
-    xc, xg = xc.to(dt), xg.to(dt)
-    gcol, gglob = gcol.to(dt), gglob.to(dt)
-    pred = 0.5 * dot(xc, xg, gcol, gglob)
-    # largest share of one column (or one global parameter) in the predicted decrease: the stopping test
-    share = torch.maximum((0.5 * xc * gcol).sum(-1).abs().amax(1), (0.5 * xg * gglob).abs().amax(1))
-    return xc, xg, pred, blocks, share, _it + 1
+    return tuple(t.to(lo) for t in (Pc_inv, C, K, S_inv, Dcol, Dglob))
 
 
 def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types, crlb, stack) -> FitResult:
