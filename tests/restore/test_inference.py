@@ -247,3 +247,14 @@ def test_large_image_network_memory_is_bounded_by_tile_and_batch(rng):
     # <= tile (L + tile - 2e) / ((tile - e) L) = 1.324 and 1.374 for the padded 1504 and 1104 px sides
     assert covered <= 1.324 * 1.374 * 1504 * 1104
     np.testing.assert_allclose(out, img.astype(np.float64), rtol=1e-12)
+
+
+@pytest.mark.parametrize("magnitude", [1e-300, 1e-120, 1e120, 1e200])
+def test_extreme_magnitudes_stay_finite_and_exact(magnitude, rng):
+    # the standard deviation squares the pixel values (overflow above ~1e154, underflow below ~1e-154); the
+    # output must still be the input for an identity network, with no NaN/Inf. (x - m) / s · s + m rounds to a
+    # few ulp of the frame's magnitude (not of each pixel): tolerance 50 ulp of the maximum
+    img = rng.random((40, 40)) * magnitude
+    out = restore(img, nn.Identity(), tile=32, overlap=8, dtype=torch.float64)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, img, rtol=0, atol=50 * np.finfo(float).eps * img.max())

@@ -25,20 +25,26 @@ def _check_int(value, name: str, minimum: int) -> int:
 
 def _normalise(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-frame ``(x - mean) / std``; raise for constant frames. Returns (normalised, mean, std)."""
-    mean = frames.mean(axis=(1, 2))
-    std = frames.std(axis=(1, 2))
     # max |x| from max and min: no temporary array the size of the stack
     scale = np.maximum(np.abs(frames.max(axis=(1, 2))), np.abs(frames.min(axis=(1, 2))))
-    flat = std <= 1e-12 * np.maximum(scale, np.finfo(np.float64).tiny)
+    # the variance squares the values: frames beyond ~1e±154 would overflow or underflow, so bring them to
+    # unit magnitude first (a copy, needed only for such frames)
+    unit = np.where((scale > 1e100) | ((scale > 0) & (scale < 1e-100)), scale, 1.0)
+    if np.any(unit != 1.0):
+        frames = frames / unit[:, None, None]
+    mean = frames.mean(axis=(1, 2))
+    std = frames.std(axis=(1, 2))
+    flat = std <= 1e-12 * np.maximum(scale / unit, np.finfo(np.float64).tiny)
     if np.any(flat):
         i = int(np.argmax(flat))
         raise ValueError(
-            f"image frame {i} is constant (value {mean[i]:g}, std {std[i]:g}): there is nothing to restore "
-            "and it cannot be normalised to unit standard deviation; remove it from the stack"
+            f"image frame {i} is constant (value {mean[i] * unit[i]:g}, std {std[i] * unit[i]:g}, below 1e-12 "
+            "of its magnitude): there is nothing to restore and it cannot be normalised to unit standard "
+            "deviation; remove it from the stack"
         )
     norm = frames - mean[:, None, None]
     norm /= std[:, None, None]  # in place: one image-sized temporary, not two
-    return norm, mean, std
+    return norm, mean * unit, std * unit
 
 
 def _axis_tiles(length: int, tile: int, overlap: int, multiple: int) -> tuple[int, list[int]]:
