@@ -182,3 +182,25 @@ def test_generator_loss_trains_a_step():
         for p in net.parameters():
             p -= 1e-3 * p.grad
     assert generator_loss(net(pred), target).mean() < before
+
+
+def test_sigma_min_bounds_the_weight_of_flat_targets():
+    # eq. (5): w_y = 1 / max(σ_min, Std y). A flat target (Std = 0) gets weight 1/σ_min, not infinity
+    target = torch.full((2, 1, 16, 16), 3.0, dtype=torch.float64)
+    pred = target + 0.01
+    torch.testing.assert_close(l1_loss(pred, target), torch.full((2,), 0.01 / 1e-3, dtype=torch.float64))
+    torch.testing.assert_close(l1_loss(pred, target, sigma_min=0.5), torch.full((2,), 0.02, dtype=torch.float64))
+    torch.testing.assert_close(l2_loss(pred, target, sigma_min=0.5), torch.full((2,), 2e-4, dtype=torch.float64))
+    # eq. (7) on a flat window: (y - E y) / σ_min = 0, finite
+    assert torch.all(local_whitening(target, 4) == 0)
+    with pytest.raises(ValueError, match="sigma_min"):
+        l1_loss(pred, target, sigma_min=0)
+
+
+def test_mlwt_default_is_the_average_over_windows_2_4_8_16():
+    # eq. (8): (1/4) Σ_{S = 2, 4, 8, 16} E|y^S - y_g^S|
+    pred, target = _pair(14, shape=(2, 1, 32, 32), dtype=torch.float64)
+    per_window = [(local_whitening(target, s) - local_whitening(pred, s)).abs().mean(dim=(1, 2, 3))
+                  for s in (2, 4, 8, 16)]
+    torch.testing.assert_close(mlwt_loss(pred, target), sum(per_window) / 4)
+    torch.testing.assert_close(mlwt_loss(pred, target, windows=(4,)), per_window[1])
