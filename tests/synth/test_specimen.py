@@ -55,3 +55,44 @@ def test_bad_kind_and_pixel_size():
         sample_specimen((16, 16), rng=0, kind="liquid")
     with pytest.raises(ValueError, match="pixel_size"):
         sample_specimen((16, 16), rng=0, pixel_size=-0.1)
+
+
+def test_zone_axis_share_and_alignment(monkeypatch):
+    # Without mistilt, a zone-axis orientation (p = P_ZONE_AXIS = 0.75) puts the lattice vector uvw exactly on
+    # the beam; a random orientation (p = 0.25) does so with probability 0. Binomial, n = 400: the share lies
+    # within 5 standard errors (0.108) of 0.75 with false-failure rate < 1e-6.
+    import stemquant.synth._specimen as spec_mod
+
+    monkeypatch.setattr(spec_mod, "MISTILT_STD", 0.0)
+    rng = np.random.default_rng(21)
+    n, aligned = 400, 0
+    for _ in range(n):
+        cell = random_unit_cell(rng, max_types=1).cell
+        rot, uvw = spec_mod._orientation(cell, rng)
+        assert np.allclose(rot @ rot.T, np.eye(3), atol=1e-12) and np.linalg.det(rot) > 0
+        v = np.asarray(uvw, dtype=float) @ cell @ rot.T
+        assert v[2] > 0  # the repeat vector points along +z
+        aligned += np.hypot(v[0], v[1]) < 1e-9 * np.linalg.norm(v)
+    assert abs(aligned / n - spec_mod.P_ZONE_AXIS) < 5 * np.sqrt(0.75 * 0.25 / n)
+
+
+def test_wedge_surfaces():
+    # Wedge (p = P_WEDGE = 0.75): top/bottom surfaces inside [0, T], ordered, with slope at most tan(45°)
+    # (WEDGE_ANGLE); share within 5 binomial standard errors (false-failure rate < 1e-6).
+    import stemquant.synth._specimen as spec_mod
+    from stemquant.synth._geometry import Grid
+
+    grid, thick = Grid.for_image((48, 40), 0.2), 9.6
+    rng = np.random.default_rng(22)
+    n, wedges = 400, 0
+    for _ in range(n):
+        surf = spec_mod._surfaces(grid, thick, rng)
+        if surf is None:
+            continue
+        wedges += 1
+        z_top, z_bot = surf
+        assert np.all((z_top >= 0) & (z_top <= z_bot) & (z_bot <= thick))
+        for z in (z_top, z_bot):
+            gy, gx = np.gradient(z, grid.pixel_size)
+            assert np.hypot(gx, gy).max() <= np.tan(np.radians(spec_mod.WEDGE_ANGLE[1])) * (1 + 1e-9)
+    assert abs(wedges / n - spec_mod.P_WEDGE) < 5 * np.sqrt(0.75 * 0.25 / n)
