@@ -113,3 +113,22 @@ def test_training_step_818_batch():
         _check_constraints(clean)
         dose = float(np.exp(rng.uniform(np.log(5e2), np.log(5e5))))
         default_distortion()(clean, dose, rng)
+
+
+def test_postprocess_inverts_contrast_half_of_the_time():
+    # Eq. (23) with p = 0.5. One bright pixel (1) on 0: without inversion it stays the maximum (the background
+    # adds at most max(y) and the later steps are monotone), with inversion it becomes the minimum.
+    # Binomial, n = 400: within 5 standard errors (0.125) of 0.5, false-failure rate < 1e-6.
+    from stemquant.synth._post import P_INVERT
+
+    img = np.zeros((24, 24))
+    img[7, 11] = 1.0
+    rng = np.random.default_rng(31)
+    n, inverted = 400, 0
+    for _ in range(n):
+        out = postprocess(img, rng=rng)
+        _check_constraints(out)
+        flat = np.argmin(out) if out[7, 11] == out.min() else np.argmax(out)
+        assert flat == 7 * 24 + 11  # the special pixel is an extreme either way
+        inverted += out[7, 11] == out.min()
+    assert abs(inverted / n - P_INVERT) < 5 * np.sqrt(0.25 / n)
