@@ -41,19 +41,22 @@ def row_line_noise(image, *, count, max_length=0.25, factor_range=(0.5, 1.5), rn
     lo, hi = check_range(factor_range, "factor_range")
     if count == 0:
         return img
-    rng = as_rng(rng)
-    frames = img.reshape((-1,) + img.shape[-2:])
+    _row_lines_inplace(img.reshape((-1,) + img.shape[-2:]), count, max_length, (lo, hi), as_rng(rng))
+    return img
+
+
+def _row_lines_inplace(frames: np.ndarray, count: int, max_length: float, factor_range, rng) -> None:
+    """Unchecked core of ``row_line_noise`` on a (B, H, W) array, modified in place."""
     b, h, w = frames.shape
     lmax = max(1, int(round(max_length * w)))
     rows = rng.integers(0, h, size=(b, count))
     lengths = rng.integers(1, lmax + 1, size=(b, count))
     starts = rng.integers(0, w - lengths + 1)
-    factors = rng.uniform(lo, hi, size=(b, count))
+    factors = rng.uniform(factor_range[0], factor_range[1], size=(b, count))
     for f in range(b):
         for r, s, n, c in zip(rows[f], starts[f], lengths[f], factors[f], strict=True):
             seg = frames[f, r, s:s + n]
             seg[:] = seg.mean() * c
-    return img
 
 
 def random_pixel_mask(shape, *, fraction, rng=None) -> np.ndarray:
@@ -79,13 +82,32 @@ def random_pixel_mask(shape, *, fraction, rng=None) -> np.ndarray:
     mask = np.zeros(shape, dtype=bool)
     if fraction == 0:
         return mask
-    rng = as_rng(rng)
     flat = mask.reshape(-1, shape[-2] * shape[-1])
-    npix = flat.shape[1]
-    ns = rng.binomial(npix, fraction, size=flat.shape[0])
-    for f, n in enumerate(ns):
-        flat[f, rng.integers(0, npix, size=n)] = True
+    for f, idx in enumerate(_random_pixel_indices(flat.shape[0], flat.shape[1], fraction, as_rng(rng))):
+        flat[f, idx] = True
     return mask
+
+
+def _random_pixel_indices(frames: int, npix: int, fraction: float, rng) -> list[np.ndarray]:
+    """Per frame, the sorted unique flat indices of ``random_pixel_mask`` (same random draws)."""
+    ns = rng.binomial(npix, fraction, size=frames)
+    return [np.unique(rng.integers(0, npix, size=n)) for n in ns]
+
+
+def _zingers_inplace(flat: np.ndarray, indices: list[np.ndarray], strength, rng) -> None:
+    """Unchecked core of ``zingers`` on (B, H·W) frames with per-frame sorted unique indices, in place.
+
+    Draws the same uniform numbers as ``zingers`` with the equivalent mask (one per set pixel, C order).
+    """
+    total = sum(idx.size for idx in indices)
+    if total == 0:
+        return
+    fmax = flat.max(axis=1)
+    u = rng.uniform(strength[0], strength[1], size=total)
+    o = 0
+    for f, idx in enumerate(indices):
+        flat[f, idx] = u[o:o + idx.size] * fmax[f]
+        o += idx.size
 
 
 def random_walk_mask(shape, *, count, steps, rng=None) -> np.ndarray:

@@ -133,5 +133,18 @@ def pmt_noise(counts, *, photons=100.0, efficiency=0.25, dynode_gain=4.0, photon
     check_nonneg_image(k, "counts")
     s1 = pmt_sigma(photons=photons, efficiency=efficiency, dynode_gain=dynode_gain,
                    photon_variance=photon_variance) / (photons * efficiency)
-    noise = as_rng(rng).standard_normal(k.shape)
-    return k + noise * (s1 * np.sqrt(k))
+    return _pmt_core(k, s1, as_rng(rng))
+
+
+def _pmt_core(k: np.ndarray, s1: float, rng: np.random.Generator) -> np.ndarray:
+    """Unchecked core of ``pmt_noise``: ``k + N(0, 1)·(σ₁·sqrt(k))`` in float64, with one temporary.
+
+    ``k`` may be the int64 output of the Poisson draw (no float copy needed); the operations are those of
+    ``k + noise * (s1 * np.sqrt(k))`` in the same order, so the result is bit-for-bit the same.
+    """
+    noise = rng.standard_normal(k.shape)
+    t = np.sqrt(k, dtype=np.float64)
+    t *= s1
+    t *= noise
+    t += k
+    return t

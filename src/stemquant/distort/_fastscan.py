@@ -195,7 +195,7 @@ def apply_fast_scan(image, psf) -> np.ndarray:
 
 
 def _convolve_rows(img: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Unchecked core of ``apply_fast_scan``."""
+    """Unchecked core of ``apply_fast_scan``; ``img`` may be float or integer counts (result float64)."""
     w = img.shape[-1]
     k = k[:w]
     pad = k.size - 1
@@ -207,5 +207,13 @@ def _convolve_rows(img: np.ndarray, k: np.ndarray) -> np.ndarray:
     padded[..., pad:pad + w] = img
     padded[..., pad + w:] = 0.0
     spec = sfft.rfft(padded, axis=-1)
-    spec *= sfft.rfft(k.astype(np.float32), n)
+    spec *= _kernel_spectrum(k.tobytes(), n)
     return sfft.irfft(spec, n, axis=-1)[..., pad:pad + w].astype(np.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel_spectrum(kernel_bytes: bytes, n: int) -> np.ndarray:
+    """float32 rfft of a float64 kernel (given as bytes, so it can be memoised) zero-padded to ``n``."""
+    spec = sfft.rfft(np.frombuffer(kernel_bytes, dtype=np.float64).astype(np.float32), n)
+    spec.setflags(write=False)
+    return spec

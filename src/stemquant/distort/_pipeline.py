@@ -11,18 +11,20 @@ from stemquant.units import counts_per_pixel
 
 from ._artifacts import (
     _clip_threshold,
+    _random_pixel_indices,
+    _row_lines_inplace,
+    _zingers_inplace,
     black_pixels,
     quantise,
-    random_pixel_mask,
     random_walk_mask,
-    row_line_noise,
     zingers,
 )
 from ._checks import check_nonneg_image
-from ._detector import pmt_noise
+from ._detector import _pmt_core, pmt_sigma
 from ._fastscan import _cached_psf, _convolve_rows, fast_scan_params
-from ._jitter import _jitter_core, ar1_jitter, jitter_displacement
+from ._jitter import _jitter_core, ar1_jitter
 from ._params import STEMParams, TEMParams
+from ._poisson import poisson_draw
 from ._tem import (
     apply_mtf,
     dark_current,
@@ -138,14 +140,21 @@ class STEMDistortion:
         for s in range(0, b, _BLOCK):
             sl = slice(s, s + _BLOCK)
             x[sl], dx[sl], dy[sl] = self._distort_block(counts[sl], pixel_size, rng)
-        disp = jitter_displacement(dx, dy, (h, w))
+        disp = np.empty((b, 2, h, w))  # = jitter_displacement(dx, dy, (h, w)), without the broadcast copy
+        disp[:, 0] = dx[..., None]
+        disp[:, 1] = dy[..., None]
         if squeeze:
             x, disp = x[0], disp[0]
         return DistortedImage(image=x, displacement=disp, params=self.params, dose=dose,
                               pixel_size=pixel_size)
 
     def _distort_block(self, counts: np.ndarray, pixel_size: float, rng: np.random.Generator):
-        """Distort a (b, H, W) block of expected counts; return (image, dx, dy)."""
+        """Distort a (b, H, W) block of expected counts; return (image, dx, dy).
+
+        Same operations and random draws as the public step functions, without their re-validation and
+        copies: the Poisson counts stay int64 until the PMT or fast-scan step converts them, and the
+        artefacts modify the block's own buffer in place.
+        """
         p = self.params
         b, h, w = counts.shape
         sx, sy = self._sigmas_px(pixel_size)
@@ -155,27 +164,36 @@ class STEMDistortion:
         if p.poisson:
             # cubic interpolation can undershoot below 0 next to sharp peaks; linear cannot
             lam = np.maximum(x, 0.0) if p.interpolation == "cubic" else x
-            x = rng.poisson(lam).astype(np.float64)
+            x = poisson_draw(lam, rng)  # exact, int64 (converted by the next float step); see _poisson.py
         if p.pmt:
-            x = pmt_noise(x, photons=p.pmt_photons, efficiency=p.pmt_efficiency,
-                          dynode_gain=p.pmt_dynode_gain, photon_variance=p.pmt_photon_variance, rng=rng)
+            if not p.poisson:
+                check_nonneg_image(x, "counts")  # as pmt_noise: σ(k) = sqrt(k)·σ₁ needs k >= 0
+            s1 = pmt_sigma(photons=p.pmt_photons, efficiency=p.pmt_efficiency, dynode_gain=p.pmt_dynode_gain,
+                           photon_variance=p.pmt_photon_variance) / (p.pmt_photons * p.pmt_efficiency)
+            x = _pmt_core(x, s1, rng)
         if p.dwell_time is not None:
             kw = fast_scan_params(p.dwell_time, detector_time=p.detector_time, readout_decay=p.readout_decay,
                                   readout_period=p.readout_period, readout_phase=p.readout_phase)
             x = _convolve_rows(x, _cached_psf(kw["alpha"], kw["beta"], kw["gamma"], kw["theta"], w))
+        if x.dtype != np.float64 or x is counts:
+            x = x.astype(np.float64)  # own float64 buffer for the in-place artefacts below
         # saturation level from the signal range before the outlier artefacts (see upper_clip)
         t_clip = None if p.clip_fraction is None else _clip_threshold(x, p.clip_fraction)
         if p.row_line_count > 0:
-            x = row_line_noise(x, count=p.row_line_count, max_length=p.row_line_length, rng=rng)
+            _row_lines_inplace(x, p.row_line_count, p.row_line_length, (0.5, 1.5), rng)
+        flat = x.reshape(b, h * w)
         if p.black_pixel_fraction > 0:
-            x = black_pixels(x, random_pixel_mask(x.shape, fraction=p.black_pixel_fraction, rng=rng))
+            for f, idx in enumerate(_random_pixel_indices(b, h * w, p.black_pixel_fraction, rng)):
+                flat[f, idx] = 0.0
         if p.zinger_fraction > 0:
-            x = zingers(x, random_pixel_mask(x.shape, fraction=p.zinger_fraction, rng=rng),
-                        strength=p.zinger_strength, rng=rng)
+            _zingers_inplace(flat, _random_pixel_indices(b, h * w, p.zinger_fraction, rng), p.zinger_strength,
+                             rng)
         if t_clip is not None:
-            x = np.minimum(x, t_clip)
+            np.minimum(x, t_clip, out=x)
         if p.adc_gain is not None:
-            x = quantise(x, adc_gain=p.adc_gain)
+            x *= p.adc_gain  # quantise(): round(g·x) / g, in place
+            np.round(x, out=x)
+            x /= p.adc_gain
         return x, dx, dy
 
 
