@@ -132,3 +132,21 @@ def test_postprocess_inverts_contrast_half_of_the_time():
         assert flat == 7 * 24 + 11  # the special pixel is an extreme either way
         inverted += out[7, 11] == out.min()
     assert abs(inverted / n - P_INVERT) < 5 * np.sqrt(0.25 / n)
+
+
+@pytest.mark.parametrize("maker", ["_soft_particles", "_sharp_particles", "_grains", "_bands", "_boxes"])
+def test_each_lowres_object_type(maker):
+    # every object type alone gives a non-negative, finite, non-empty image of the requested (odd) shape
+    import stemquant.synth._lowres as lowres
+
+    for seed in range(5):
+        out = getattr(lowres, maker)((37, 31), np.random.default_rng(seed))
+        assert out.shape == (37, 31) and np.all(np.isfinite(out)) and out.min() >= 0 and out.max() > 0
+
+
+def test_cracks_darken_multiplicatively():
+    from stemquant.synth._lowres import _cracks
+
+    for seed in range(5):
+        mask = _cracks((37, 31), np.random.default_rng(seed))
+        assert mask.shape == (37, 31) and mask.min() >= 0 and mask.max() <= 1
