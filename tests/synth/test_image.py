@@ -71,8 +71,8 @@ def test_lowres_non_negative_and_deterministic():
 
 # Generator state just before the draw that failed at training step 818 (configs/hrstem.toml, seed 0): the 7th
 # random_clean_image((128, 128), kind="hrstem") call of SeedSequence(0, spawn_key=(0, 818)) after six
-# (image, dose, STEM distortion) pairs. Stored as a PCG64 state so the test does not depend on how many numbers
-# stemquant.distort consumes; test_training_step_818_batch replays the full batch.
+# (image, dose, STEM distortion) pairs as stemquant.restore._train.make_pair draws them, replayed at commit
+# f2dfc08. Stored as a PCG64 state because the distortion models have since changed how many numbers they draw.
 _STEP_818_STATE = {"bit_generator": "PCG64",
                    "state": {"state": 249346671018194238795634571778715180929,
                              "inc": 41494464247974558662985025309506924189},
@@ -97,22 +97,6 @@ def test_specimen_without_atoms_is_redrawn():
     _check_constraints(img)
     # the redraw continues the same generator: identical to drawing the next specimen by hand
     assert np.array_equal(img, random_clean_image((128, 128), rng=_step_818_rng(), kind="hrstem"))
-
-
-def test_training_step_818_batch():
-    # Provenance of _STEP_818_STATE: replay the batch exactly as stemquant.restore._train.make_pair draws it; the
-    # 7th image (which raised ValueError) and the 8th now draw without error.
-    from stemquant.synth import default_distortion
-
-    rng = np.random.default_rng(np.random.SeedSequence(0, spawn_key=(0, 818)))
-    for i in range(8):
-        if i == 6 and rng.bit_generator.state["state"] != _STEP_818_STATE["state"]:
-            pytest.skip("stemquant.distort now consumes a different number of draws; the stored state still "
-                        "covers the regression")
-        clean = random_clean_image((128, 128), rng=rng, kind="hrstem")
-        _check_constraints(clean)
-        dose = float(np.exp(rng.uniform(np.log(5e2), np.log(5e5))))
-        default_distortion()(clean, dose, rng)
 
 
 def test_postprocess_inverts_contrast_half_of_the_time():
