@@ -88,37 +88,42 @@ def _draw_small(lam: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Poisson(λ) for a flat array with 0 <= λ < LAM_MAX (alias table + remainder by inversion)."""
     coin, alias, k_cells = _alias_tables()
     n = lam.size
-    u = rng.random(2 * n)  # drawn at once: the stream does not depend on the chunking
     out = np.empty(n, dtype=np.int64)
     for s in range(0, n, _CHUNK):
         e = min(n, s + _CHUNK)
+        u = rng.random(2 * (e - s))  # per chunk: stays in cache (the stream depends on _CHUNK, fixed)
         t = lam[s:e] * (1.0 / DELTA)  # exact (power-of-two scaling)
         j = t.astype(np.intp)  # floor for t >= 0
         t -= j  # exact: fractional part; rem = t·δ = λ − j·δ
-        v = u[s:e] * k_cells
+        v = u[:e - s] * k_cells
         cell = v.astype(np.intp)
         v -= cell  # fractional part: the alias coin, uniform on [0, 1) and independent of the cell
         j *= k_cells
         j += cell  # flat table index of the chosen cell
-        k = alias[j].astype(np.int64)
+        k = out[s:e]
+        np.copyto(k, alias[j])
         take = v < coin[j]
         k[take] = cell[take]
-        over = np.flatnonzero(k == k_cells - 1)
-        if over.size:  # X >= K − 1: probability < 1e-20 per pixel, resolved exactly
+        if k.max() == k_cells - 1:  # X >= K − 1: probability < 1e-20 per pixel, resolved exactly
+            over = np.flatnonzero(k == k_cells - 1)
             k[over] = _tail((lam[s:e][over] * (1.0 / DELTA)).astype(np.intp) * DELTA, k_cells - 1, rng)
         t *= DELTA
-        k += _small_mean(t, u[n + s:n + e])
-        out[s:e] = k
+        _add_small_mean(k, t, u[e - s:])
     return out
 
 
-def _small_mean(r: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Poisson(r) for 0 <= r < δ by inversion of the CDF with uniforms ``u`` (loop only over the few > 0)."""
-    p = np.exp(-r)
-    k = np.zeros(r.shape, dtype=np.int64)
-    idx = np.flatnonzero(u > p)
-    ra, pa, ua = r[idx], p[idx], u[idx]
+def _add_small_mean(k: np.ndarray, r: np.ndarray, u: np.ndarray) -> None:
+    """k += Poisson(r) for 0 <= r < δ, by inversion of the CDF with uniforms ``u``.
+
+    P(0) = exp(−r) >= 1 − r, so every u <= 1 − r gives 0 without evaluating exp; only the few others
+    (probability < r < δ) go through the exact CDF loop.
+    """
+    idx = np.flatnonzero(u > 1.0 - r)
+    ra, ua = r[idx], u[idx]
+    pa = np.exp(-ra)
     fa = pa.copy()
+    keep = ua > fa
+    idx, ra, pa, fa, ua = idx[keep], ra[keep], pa[keep], fa[keep], ua[keep]
     m = 0
     while idx.size:
         m += 1
@@ -127,7 +132,6 @@ def _small_mean(r: np.ndarray, u: np.ndarray) -> np.ndarray:
         fa = fa + pa
         keep = (ua > fa) & (pa > 0)  # pa == 0: the CDF has reached 1 to double precision
         idx, ra, pa, fa, ua = idx[keep], ra[keep], pa[keep], fa[keep], ua[keep]
-    return k
 
 
 def _tail(c: np.ndarray, k0: int, rng: np.random.Generator) -> np.ndarray:
