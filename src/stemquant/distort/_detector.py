@@ -142,9 +142,19 @@ def _pmt_core(k: np.ndarray, s1: float, rng: np.random.Generator) -> np.ndarray:
     ``k`` may be the int64 output of the Poisson draw (no float copy needed); the operations are those of
     ``k + noise * (s1 * np.sqrt(k))`` in the same order, so the result is bit-for-bit the same.
     """
-    noise = rng.standard_normal(k.shape)
-    t = np.sqrt(k, dtype=np.float64)
-    t *= s1
-    t *= noise
-    t += k
-    return t
+    rows = k.reshape(-1, k.shape[-1])
+    out = np.empty(rows.shape)
+    step = max(1, _CHUNK_PIXELS // rows.shape[1])
+    # in chunks of rows (temporaries stay in the cache); consecutive normal draws = one draw of the whole
+    for s in range(0, rows.shape[0], step):
+        kc = rows[s:s + step]
+        noise = rng.standard_normal(kc.shape)
+        t = out[s:s + step]
+        np.sqrt(kc, out=t, dtype=np.float64)
+        t *= s1
+        t *= noise
+        t += kc
+    return out.reshape(k.shape)
+
+
+_CHUNK_PIXELS = 65536  # pixels per chunk of _pmt_core (~1.5x faster than one pass over a 4-frame block)
