@@ -70,15 +70,20 @@ class DistortedImage:
         return self.image / counts_per_pixel(1.0, self.dose, self.pixel_size)
 
 
-def _prepare(image, dose, pixel_size):
-    """Validate the inputs and return (counts as (B, H, W), squeeze flag, dose, pixel_size)."""
+def _validate(image, dose, pixel_size):
+    """Validate the inputs and return (image as (B, H, W) float64, squeeze flag, dose, pixel_size)."""
     img = check_image(image)
     check_nonneg_image(img)
     dose = check_dose(dose, allow_none=False)
     pixel_size = check_pixel_size(pixel_size)
     squeeze = img.ndim == 2
-    counts = counts_per_pixel(img[None] if squeeze else img, dose, pixel_size)
-    return counts, squeeze, dose, pixel_size
+    return (img[None] if squeeze else img), squeeze, dose, pixel_size
+
+
+def _prepare(image, dose, pixel_size):
+    """Validate the inputs and return (counts as (B, H, W), squeeze flag, dose, pixel_size)."""
+    img, squeeze, dose, pixel_size = _validate(image, dose, pixel_size)
+    return counts_per_pixel(img, dose, pixel_size), squeeze, dose, pixel_size
 
 
 class STEMDistortion:
@@ -138,14 +143,16 @@ class STEMDistortion:
         ``dose`` [e⁻/Å²], ``pixel_size`` [Å]; ``rng`` is an int, a numpy Generator or None.
         Returns a ``DistortedImage``.
         """
-        counts, squeeze, dose, pixel_size = _prepare(image, dose, pixel_size)
+        img, squeeze, dose, pixel_size = _validate(image, dose, pixel_size)
         rng = as_rng(rng)
-        b, h, w = counts.shape
-        x = np.empty_like(counts)
+        b, h, w = img.shape
+        x = np.empty((b, h, w))
         dx, dy = np.zeros((b, h)), np.zeros((b, h))
         for s in range(0, b, _BLOCK):
             sl = slice(s, s + _BLOCK)
-            x[sl], dx[sl], dy[sl] = self._distort_block(counts[sl], pixel_size, rng)
+            # counts per block (while the block is in the cache), same numbers as for the whole stack
+            x[sl], dx[sl], dy[sl] = self._distort_block(counts_per_pixel(img[sl], dose, pixel_size), pixel_size,
+                                                        rng)
         disp = np.empty((b, 2, h, w))  # = jitter_displacement(dx, dy, (h, w)), without the broadcast copy
         disp[:, 0] = dx[..., None]
         disp[:, 1] = dy[..., None]
