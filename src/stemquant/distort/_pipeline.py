@@ -104,7 +104,7 @@ class STEMDistortion:
 
     The shot noise is drawn with an exact tabulated sampler (``stemquant.distort._poisson``: alias tables
     of Poisson(c) on a grid c = k/16 < 64 counts plus the small remainder by inversion; numpy's
-    ``Generator.poisson`` above 64 counts), 1.4–2.8× cheaper than ``Generator.poisson`` at λ < 64. Same
+    ``Generator.poisson`` above 64 counts), up to 1.4–2.8× cheaper than ``Generator.poisson`` at λ < 64. Same
     distribution, but not the same numbers for a given seed as ``poisson_noise`` (which calls
     ``Generator.poisson``). Building the tables costs ~0.5–1 s once per process.
 
