@@ -102,8 +102,7 @@ def _draw_small(lam: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         j += cell  # flat table index of the chosen cell
         k = out[s:e]
         np.copyto(k, alias[j])
-        take = v < coin[j]
-        k[take] = cell[take]
+        np.copyto(k, cell, where=v < coin[j])  # the coin keeps the cell itself
         if k.max() == k_cells - 1:  # X >= K − 1: probability < 1e-20 per pixel, resolved exactly
             over = np.flatnonzero(k == k_cells - 1)
             k[over] = _tail((lam[s:e][over] * (1.0 / DELTA)).astype(np.intp) * DELTA, k_cells - 1, rng)
