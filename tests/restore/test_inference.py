@@ -258,3 +258,49 @@ def test_extreme_magnitudes_stay_finite_and_exact(magnitude, rng):
     out = restore(img, nn.Identity(), tile=32, overlap=8, dtype=torch.float64)
     assert np.all(np.isfinite(out))
     np.testing.assert_allclose(out, img, rtol=0, atol=50 * np.finfo(float).eps * img.max())
+
+
+def _baseline(kind):
+    """Small baseline networks (float64, eval) with the size multiples of the published ones: 4, 64, 32."""
+    from stemquant.restore import BiasFreeUNet, GambiniAutoencoder, ResNetUNet
+
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        net = {"gambini": lambda: GambiniAutoencoder(4), "mohan": lambda: BiasFreeUNet(scales=6, channels=4),
+               "katsuno": lambda: ResNetUNet((8, 8, 8, 8, 8))}[kind]()
+    return net.double().eval()
+
+
+@pytest.mark.parametrize("kind", ["gambini", "mohan", "katsuno"])
+@pytest.mark.parametrize("shape", [(37, 45), (16, 16), (70, 33)])
+def test_baselines_are_padded_to_their_size_multiple(kind, shape, rng):
+    # the baselines raise on sides that are not multiples of size_multiple (4, 64, 32), also below it
+    # (16 < 32, 64): restore must reflection-pad to the next multiple and crop, exactly as the reference
+    net = _baseline(kind)
+    img = rng.poisson(30.0, size=shape).astype(float)
+    if shape[0] % net.size_multiple or shape[1] % net.size_multiple:
+        with pytest.raises(ValueError, match="multiples of"):
+            net(torch.as_tensor(img)[None, None])
+    out = restore(img, net)
+    assert out.shape == img.shape
+    np.testing.assert_allclose(out, _untiled(img, net), rtol=1e-12, atol=1e-9 * img.std())
+
+
+@pytest.mark.parametrize("m", [32, 64])
+def test_tile_grid_respects_large_size_multiples(m):
+    # tiles of the Katsuno (32) and Mohan (64) networks: sizes and starts multiples of m, full coverage
+    for length, tile in itertools.product((m, 3 * m, 700 // m * m, 1000 // m * m), (4 * m, 6 * m)):
+        size, starts = _axis_tiles(length, tile, 16, m)
+        assert size <= tile and size % m == 0 and all(s % m == 0 for s in starts)
+        assert starts[0] == 0 and starts[-1] + size == length
+        covered = np.zeros(length, bool)
+        for s in starts:
+            covered[s : s + size] = True
+        assert covered.all()
+
+
+def test_tiled_mohan_network_runs_on_a_large_odd_image(rng):
+    net = _baseline("mohan")
+    img = rng.poisson(30.0, size=(300, 211)).astype(float)
+    out = restore(img, net, tile=192, overlap=16, batch_size=2)
+    assert out.shape == img.shape and np.all(np.isfinite(out))

@@ -23,8 +23,9 @@ def _card(name):
 
 
 def _save(tmp_path, name, model):
-    torch.save(model.state_dict(), tmp_path / f"{name}.pt")
-    (tmp_path / f"{name}.json").write_text(json.dumps(_card(name)))
+    path = weights_path(name, weights_dir=tmp_path)  # gambini-ae -> gambini.pt
+    torch.save(model.state_dict(), path)
+    path.with_suffix(".json").write_text(json.dumps(_card(name)))
 
 
 def test_list_models():
@@ -61,20 +62,20 @@ def test_round_trip(tmp_path, rng):
 
 
 def test_card_required_and_checked(tmp_path):
-    torch.save(build_model("gambini-ae").state_dict(), tmp_path / "gambini-ae.pt")
-    with pytest.raises(FileNotFoundError, match="gambini-ae.json"):
+    torch.save(build_model("gambini-ae").state_dict(), tmp_path / "gambini.pt")
+    with pytest.raises(FileNotFoundError, match="gambini.json"):
         load_model("gambini-ae", device="cpu", weights_dir=tmp_path)
-    (tmp_path / "gambini-ae.json").write_text("{not json")
+    (tmp_path / "gambini.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_model("gambini-ae", device="cpu", weights_dir=tmp_path)
     card = _card("gambini-ae")
     del card["seed"]
-    (tmp_path / "gambini-ae.json").write_text(json.dumps(card))
+    (tmp_path / "gambini.json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match="seed"):
         load_model("gambini-ae", device="cpu", weights_dir=tmp_path)
     card = _card("gambini-ae")
     card["architecture"] = ""
-    (tmp_path / "gambini-ae.json").write_text(json.dumps(card))
+    (tmp_path / "gambini.json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match="architecture"):
         load_model("gambini-ae", device="cpu", weights_dir=tmp_path)
 
@@ -112,3 +113,44 @@ def test_weights_only_refuses_arbitrary_objects(tmp_path):
     (tmp_path / "hrstem-lite.json").write_text(json.dumps(_card("hrstem-lite")))
     with pytest.raises(pickle.UnpicklingError):
         load_model("hrstem-lite", device="cpu", weights_dir=tmp_path)
+
+
+def test_gambini_weights_file_is_gambini_pt(tmp_path):
+    assert weights_path("gambini-ae").name == "gambini.pt"
+    assert weights_path("hrstem").name == "hrstem.pt"
+
+
+@pytest.mark.parametrize("make", [
+    lambda: CGRDN(CGRDNConfig(n_grdb=1, n_rdb=2, n_layers=3, growth=4, features=8)),
+    lambda: __import__("stemquant.restore", fromlist=["x"]).GambiniAutoencoder(8),
+    lambda: __import__("stemquant.restore", fromlist=["x"]).BiasFreeUNet(scales=3, channels=4),
+    lambda: __import__("stemquant.restore", fromlist=["x"]).ResNetUNet((16, 8, 8, 4, 4)),
+])
+def test_network_from_state_rebuilds_every_architecture(make):
+    from stemquant.restore._registry import network_from_state
+
+    net = make()
+    state = net.state_dict()
+    rebuilt = network_from_state(state)
+    assert type(rebuilt) is type(net)
+    rebuilt.load_state_dict(state, strict=True)  # same shapes and keys: the size was read correctly
+
+
+def test_network_from_state_rejects_unknown_layouts():
+    from stemquant.restore._registry import network_from_state
+
+    with pytest.raises(ValueError, match="no known architecture"):
+        network_from_state({"foo.weight": torch.zeros(1)})
+
+
+def test_shipped_hrstem_weights_still_rebuild():
+    # backward compatibility: the shipped plain state_dict is read by the layout inference
+    from stemquant.restore._registry import network_from_state
+
+    path = weights_path("hrstem")
+    if not path.is_file():
+        pytest.skip("no shipped hrstem.pt")
+    state = torch.load(path, weights_only=True)
+    net = network_from_state(state)
+    assert isinstance(net, CGRDN)
+    net.load_state_dict(state, strict=True)

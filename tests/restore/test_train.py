@@ -265,3 +265,58 @@ def test_make_pair_redraws_failed_synth_draws(monkeypatch):
     monkeypatch.setattr(synth, "random_clean_image", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
     with pytest.raises(RuntimeError, match="consecutive failed draws"):
         make_pair(np.random.default_rng(3), (32, 32))
+
+
+# ------------------------------------------------------------------------------------- baselines
+def test_baseline_architectures_build_the_baseline_networks():
+    from stemquant.restore import BiasFreeUNet, GambiniAutoencoder, ResNetUNet
+    from stemquant.restore._train import SIZE_MULTIPLES, build_network
+
+    for arch, cls in (("gambini", GambiniAutoencoder), ("mohan", BiasFreeUNet), ("katsuno", ResNetUNet)):
+        net = build_network(arch)
+        assert type(net) is cls and net.size_multiple == SIZE_MULTIPLES[arch]
+    assert isinstance(build_network("tiny"), CGRDN)
+    with pytest.raises(ValueError, match="architecture must be one of"):
+        TrainConfig(architecture="unet")
+
+
+@pytest.mark.parametrize("arch, bad, good", [("gambini", 130, 132), ("mohan", 96, 128), ("katsuno", 80, 96)])
+def test_patch_size_must_fit_the_baseline_stride(arch, bad, good):
+    with pytest.raises(ValueError, match="patch_size must be a multiple of"):
+        TrainConfig(architecture=arch, patch_size=bad)
+    assert TrainConfig(architecture=arch, patch_size=good).patch_size == good
+
+
+def test_gambini_training_uses_the_cgrdn_data_and_exports_a_loadable_network(tmp_path):
+    from stemquant.restore import GambiniAutoencoder
+    from stemquant.restore._evaluate import resolve_model
+    from stemquant.restore._registry import load_model
+
+    l2 = LossWeights(l1=0, l2=1, mlwt=0, fourier=0, mean=0, std=0, adversarial=0)
+    cfg = tiny(tmp_path, architecture="gambini", loss=l2, export=str(tmp_path / "w" / "gambini.pt"))
+    trainer = Trainer(cfg)
+    net = trainer.fit(progress=False)
+    assert isinstance(net, GambiniAutoencoder) and trainer.step == cfg.steps
+    # same seed -> the same initial network as a directly built one (torch.manual_seed(seed) first)
+    torch.manual_seed(cfg.seed)
+    assert not same_weights(net, GambiniAutoencoder())  # it was trained
+    card = json.loads((tmp_path / "w" / "gambini.json").read_text())
+    assert card["config"]["architecture"] == "gambini" and set(CARD_KEYS) <= set(card)
+    assert "Gambini" in card["architecture"]
+    # the weight file alone says what it is: rebuilt by the evaluator and by the registry (gambini.pt)
+    assert same_weights(resolve_model(str(tmp_path / "w" / "gambini.pt"), device="cpu"), net)
+    assert same_weights(load_model("gambini-ae", device="cpu", weights_dir=tmp_path / "w"), net)
+    # a card that contradicts the weight file is an error
+    card["config"]["architecture"] = "lite"
+    (tmp_path / "w" / "gambini.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="says architecture 'lite'"):
+        resolve_model(str(tmp_path / "w" / "gambini.pt"), device="cpu")
+
+
+def test_baseline_data_stream_is_the_cgrdn_stream(tmp_path):
+    # the architecture does not enter the data: both see the batches of _step_rng(seed, k)
+    from stemquant.restore._train import _BatchStream
+
+    a = next(iter(_BatchStream(tiny(tmp_path), 3)))
+    b = next(iter(_BatchStream(tiny(tmp_path, architecture="gambini"), 3)))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))

@@ -23,8 +23,8 @@ from .._device import resolve_device
 from ._baselines import GaussianFilter, bm3d_denoise
 from ._cgrdn import CGRDN
 from ._inference import restore
-from ._registry import load_model, weights_path
-from ._train import ARCHITECTURES, make_pair
+from ._registry import load_model, network_from_state, weights_path
+from ._train import ARCHITECTURES, BASELINE_ARCHITECTURES, make_pair
 
 EVAL_SEED = 12345
 EVAL_STREAM = 1
@@ -138,7 +138,12 @@ def _have_bm3d() -> bool:
 
 
 def resolve_model(model_or_name, *, device="auto") -> nn.Module:
-    """An nn.Module from a module, a registry name, or a ``.pt`` state_dict path (architecture from its card)."""
+    """An nn.Module from a module, a registry name, or a ``.pt`` state_dict path.
+
+    The architecture of a ``.pt`` file is read from the file itself (:func:`network_from_state`: CGRDN of
+    any size, Gambini autoencoder, Mohan bias-free UNet, Katsuno ResNet-UNet); if a model card ``.json``
+    with ``config.architecture`` sits next to it, the two must agree.
+    """
     if isinstance(model_or_name, nn.Module):
         return model_or_name
     if not isinstance(model_or_name, str | Path):
@@ -149,14 +154,20 @@ def resolve_model(model_or_name, *, device="auto") -> nn.Module:
         return load_model(str(model_or_name), device=device)
     if not path.is_file():
         raise FileNotFoundError(f"weight file {path} does not exist")
-    arch = "lite"
-    card = path.with_suffix(".json")
-    if card.is_file():
-        arch = json.loads(card.read_text()).get("config", {}).get("architecture", "lite")
     dev = resolve_device(device)
-    net = CGRDN(ARCHITECTURES[arch]())
-    net.load_state_dict(torch.load(path, map_location=dev, weights_only=True))
-    return net.to(dev).eval()
+    state = torch.load(path, map_location=dev, weights_only=True)
+    try:
+        net = network_from_state(state)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    card = path.with_suffix(".json")
+    arch = json.loads(card.read_text()).get("config", {}).get("architecture") if card.is_file() else None
+    expected = CGRDN if arch in ARCHITECTURES else BASELINE_ARCHITECTURES.get(arch)
+    if expected is not None and not isinstance(net, expected):
+        raise ValueError(f"{path} holds a {type(net).__name__} but its card {card.name} says architecture "
+                         f"{arch!r} ({expected.__name__})")
+    net.load_state_dict(state, strict=True)
+    return net.to(dev, memory_format=torch.channels_last).eval()
 
 
 def evaluate(model_or_name, *, n_images: int = 64, seed: int = EVAL_SEED, shape=(256, 256),
@@ -166,14 +177,15 @@ def evaluate(model_or_name, *, n_images: int = 64, seed: int = EVAL_SEED, shape=
 
     Methods: ``raw`` (the noisy input), ``gaussian`` (σ tuned on a separate set,
     :func:`tune_gaussian_sigma`), ``bm3d`` (Anscombe + BM3D, if the optional ``bm3d`` package is
-    importable), ``gambini-ae`` (if its weights exist) and ``model``. PSNR and SSIM use
+    importable), ``gambini-ae`` (the Gambini et al. autoencoder, if its weights ``restore/weights/gambini.pt``
+    exist; trained with ``configs/gambini.toml``) and ``model``. PSNR and SSIM use
     ``skimage.metrics`` with ``data_range`` = max − min of the clean image; an exact restoration has
     PSNR = +inf.
 
     Parameters
     ----------
     model_or_name : nn.Module or str
-        A module, a registry name, or the path of a ``.pt`` state_dict (architecture from the card next to it).
+        A module, a registry name, or the path of a ``.pt`` state_dict (architecture read from the file).
     n_images : int
         Number of held-out images.
     seed : int

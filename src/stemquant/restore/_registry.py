@@ -1,4 +1,5 @@
-"""Model registry: names -> architectures, weights in ``restore/weights/<name>.pt`` with a model card.
+"""Model registry: names -> architectures, weights in ``restore/weights/<name>.pt`` (``gambini-ae``:
+``gambini.pt``) with a model card.
 
 Building a model never touches the network or the disk; :func:`load_model` reads local files only.
 """
@@ -23,11 +24,15 @@ CARD_KEYS = ("architecture", "data", "command", "seed", "metrics")
 
 @dataclass(frozen=True)
 class _Spec:
-    """A registered architecture; ``cgrdn`` entries take their size from the weight file when loading."""
+    """A registered architecture; ``cgrdn`` entries take their size from the weight file when loading.
+
+    ``file`` is the stem of the weight file and model card in the weights folder (default: the name).
+    """
 
     build: Callable[[], nn.Module]
     description: str
     cgrdn: bool = False
+    file: str = ""
 
 
 _REGISTRY: dict[str, _Spec] = {
@@ -36,7 +41,8 @@ _REGISTRY: dict[str, _Spec] = {
                     "parameters), loaded at the size stored in hrstem.pt", cgrdn=True),
     "hrstem-lite": _Spec(lambda: CGRDN(CGRDNConfig.lite()),
                          "CGRDN lite for CPU (2×2×4, growth 16, 32 features; 0.18 M parameters)", cgrdn=True),
-    "gambini-ae": _Spec(GambiniAutoencoder, "Gambini et al. (2023) convolutional autoencoder, 32 filters"),
+    "gambini-ae": _Spec(GambiniAutoencoder, "Gambini et al. (2023) convolutional autoencoder, 32 filters; "
+                        "weights gambini.pt (configs/gambini.toml)", file="gambini"),
     "mohan-bf-unet": _Spec(BiasFreeUNet, "Mohan et al. (2022) bias-free UNet, 6 scales, 128 channels"),
     "katsuno-resnet-unet": _Spec(ResNetUNet, "Katsuno et al. (2021) UNet with ResNet-18 encoder"),
 }
@@ -96,14 +102,46 @@ def _cgrdn_config_from_state(state: dict) -> CGRDNConfig:
                        in_channels=int(c_in))
 
 
+def network_from_state(state: dict) -> nn.Module:
+    """Build the (untrained) network whose ``state_dict`` is ``state``, read from its key names and shapes.
+
+    The weight files hold plain state_dicts (the format of the shipped ``hrstem.pt``); each architecture
+    has its own key layout, so the file itself records what it is: ``head.weight`` -> :class:`CGRDN` (size
+    from :func:`_cgrdn_config_from_state`), ``encoder.0.weight`` -> :class:`GambiniAutoencoder` (filters),
+    ``inc.0.weight`` -> :class:`BiasFreeUNet` (scales, channels), ``stem.0.weight`` -> :class:`ResNetUNet`
+    (decoder channels).
+
+    Raises
+    ------
+    ValueError
+        If the layout matches none of them.
+    """
+    if not isinstance(state, dict):
+        raise ValueError(f"weights must be a state_dict (dict of tensors), got {type(state).__name__}")
+    if "head.weight" in state and "body.blocks.0.blocks.0.layers.0.weight" in state:
+        return CGRDN(_cgrdn_config_from_state(state))
+    if "encoder.0.weight" in state:
+        return GambiniAutoencoder(int(state["encoder.0.weight"].shape[0]))
+    if "inc.0.weight" in state:
+        scales = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("down."))
+        return BiasFreeUNet(scales=scales, channels=int(state["inc.0.weight"].shape[0]))
+    if "stem.0.weight" in state:
+        dec = tuple(int(state[f"decoder.{i}.0.weight"].shape[0]) for i in range(5))
+        return ResNetUNet(dec)
+    raise ValueError("weights match no known architecture (CGRDN, GambiniAutoencoder, BiasFreeUNet, ResNetUNet); "
+                     f"first keys: {list(state)[:4]}")
+
+
 def weights_path(name: str, *, weights_dir: str | Path | None = None) -> Path:
-    """Path of the weight file of model ``name`` (``<weights_dir>/<name>.pt``); it need not exist."""
-    _spec(name)
-    return Path(WEIGHTS_DIR if weights_dir is None else weights_dir) / f"{name}.pt"
+    """Path of the weight file of model ``name`` (``<weights_dir>/<file>.pt``, ``file`` = the name unless the
+    entry says otherwise: ``gambini-ae`` -> ``gambini.pt``); it need not exist."""
+    spec = _spec(name)
+    return Path(WEIGHTS_DIR if weights_dir is None else weights_dir) / f"{spec.file or name}.pt"
 
 
 def model_card(name: str, *, weights_dir: str | Path | None = None) -> dict:
-    """Read the model card ``<weights_dir>/<name>.json`` (architecture, data, command, seed, metrics).
+    """Read the model card next to the weights, ``<weights_dir>/<file>.json`` (architecture, data, command,
+    seed, metrics).
 
     ``architecture`` is a free-text description (e.g. "CGRDN lite (CGRDNConfig.lite())"); the architecture
     itself comes from the registry name and, for CGRDN entries, from the weight file.
@@ -135,8 +173,9 @@ def load_model(name: str, *, device: str | torch.device = "auto",
                weights_dir: str | Path | None = None) -> nn.Module:
     """Build model ``name`` and load its trained weights, in eval mode.
 
-    Weights are read with ``torch.load(..., weights_only=True)`` from ``<weights_dir>/<name>.pt`` (default
-    ``stemquant/restore/weights/``); the model card ``<name>.json`` must sit next to them
+    Weights are read with ``torch.load(..., weights_only=True)`` from :func:`weights_path` (default folder
+    ``stemquant/restore/weights/``; ``gambini-ae`` -> ``gambini.pt``); the model card ``.json`` must sit next
+    to them
     (:func:`model_card`). For the CGRDN entries (``hrstem``, ``hrstem-lite``) the network size
     (:class:`CGRDNConfig`) is read from the weight file, so e.g. a lite network trained for HR-STEM can be
     shipped as ``hrstem.pt``; the other entries must match their registered architecture exactly.
@@ -148,7 +187,7 @@ def load_model(name: str, *, device: str | torch.device = "auto",
     device : {"auto", "cpu", "cuda"} or torch.device
         Where to put the model.
     weights_dir : str or Path, optional
-        Folder holding ``<name>.pt`` and ``<name>.json``.
+        Folder holding the ``.pt`` weights and ``.json`` card (:func:`weights_path`).
 
     Returns
     -------

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .._device import resolve_device
+from ._baselines import BiasFreeUNet, GambiniAutoencoder, ResNetUNet
 from ._cgrdn import CGRDN, CGRDNConfig
 from ._discriminator import PatchDiscriminator
 from ._losses import LossWeights, discriminator_loss, generator_loss
@@ -36,11 +37,48 @@ ARCHITECTURES = {
     # a minimal network for tests and smoke runs (1 GRDB x 1 RDB x 1 layer, 4 features)
     "tiny": lambda: CGRDNConfig(n_grdb=1, n_rdb=1, n_layers=1, growth=4, features=4),
 }
+"""CGRDN sizes: architecture name -> CGRDNConfig factory."""
+BASELINE_ARCHITECTURES = {
+    "gambini": GambiniAutoencoder,
+    "mohan": BiasFreeUNet,
+    "katsuno": ResNetUNet,
+}
+"""Baseline networks (stemquant.restore._baselines) the trainer can build: name -> constructor (defaults)."""
+# H, W of a training patch must be multiples of the network's down-sampling factor; the constructors'
+# defaults: Gambini 2 poolings, Mohan 6 scales (2**6), Katsuno ResNet-18 stride 32. Kept as constants so a
+# config can be validated without building (Mohan's default network has 7 M parameters).
+SIZE_MULTIPLES = {"lite": 2, "published": 2, "tiny": 2, "gambini": GambiniAutoencoder.size_multiple,
+                  "mohan": 2**6, "katsuno": ResNetUNet.size_multiple}
 ARCHITECTURE_NAMES = {
     "lite": "CGRDN lite (CGRDNConfig.lite())",
     "published": "CGRDN published (CGRDNConfig.published())",
     "tiny": "CGRDN tiny (n_grdb=1, n_rdb=1, n_layers=1, growth=4, features=4)",
+    "gambini": "Gambini et al. (2023) convolutional autoencoder (GambiniAutoencoder(), 32 filters)",
+    "mohan": "Mohan et al. (2022) bias-free UNet (BiasFreeUNet(), 6 scales, 128 channels)",
+    "katsuno": "Katsuno et al. (2021) UNet with a ResNet-18 encoder (ResNetUNet())",
 }
+
+
+def build_network(architecture: str) -> nn.Module:
+    """A freshly initialised network of a trainer architecture name (CGRDN size or baseline).
+
+    Parameters
+    ----------
+    architecture : str
+        A key of :data:`ARCHITECTURES` (CGRDN) or :data:`BASELINE_ARCHITECTURES`.
+
+    Returns
+    -------
+    torch.nn.Module
+        Random (PyTorch default) initialisation from the current torch RNG state.
+    """
+    if architecture in ARCHITECTURES:
+        return CGRDN(ARCHITECTURES[architecture]())
+    if architecture in BASELINE_ARCHITECTURES:
+        return BASELINE_ARCHITECTURES[architecture]()
+    raise ValueError(f"architecture must be one of {sorted(SIZE_MULTIPLES)}, got {architecture!r}")
+
+
 SCHEDULES = ("cosine", "step", "constant")
 TRAIN_STREAM = 0
 """First spawn-key entry of the training data stream; evaluation uses 1 (see ``_evaluate.EVAL_STREAM``)."""
@@ -54,11 +92,15 @@ class TrainConfig:
 
     Parameters
     ----------
-    architecture : {"lite", "published", "tiny"}
+    architecture : {"lite", "published", "tiny", "gambini", "mohan", "katsuno"}
         CGRDN size: :meth:`CGRDNConfig.lite` (0.18 M parameters), :meth:`CGRDNConfig.published` (7.04 M)
-        or a minimal test network.
+        or a minimal test network; or a baseline at its published size: :class:`GambiniAutoencoder`,
+        :class:`BiasFreeUNet` (Mohan), :class:`ResNetUNet` (Katsuno). The loss is always ``loss``; to train a
+        baseline with its own paper's loss set only the matching term (docs/training.md): Gambini's weighted
+        MSE -> ``l2``, Mohan's MSE -> ``l2``, Katsuno's L1 -> ``l1``.
     patch_size : int
-        Side of the square training patches [pixels], even, >= 16.
+        Side of the square training patches [pixels], >= 16, a multiple of the network's down-sampling
+        factor (:data:`SIZE_MULTIPLES`: 2 for the CGRDN, 4 Gambini, 64 Mohan, 32 Katsuno).
     batch_size : int
         Pairs per optimisation step.
     lr : float
@@ -140,13 +182,16 @@ class TrainConfig:
     export: str = ""
 
     def __post_init__(self):
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {sorted(ARCHITECTURES)}, got {self.architecture!r}")
+        if self.architecture not in SIZE_MULTIPLES:
+            raise ValueError(f"architecture must be one of {sorted(SIZE_MULTIPLES)}, got {self.architecture!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         _int(self.patch_size, "patch_size", 16, "pixels")
-        if self.patch_size % 2:
-            raise ValueError(f"patch_size must be even [pixels] (CGRDN down-samples by 2), got {self.patch_size}")
+        m = SIZE_MULTIPLES[self.architecture]
+        if self.patch_size % m:
+            what = "even" if m == 2 else f"a multiple of {m}"
+            raise ValueError(f"patch_size must be {what} [pixels] (architecture {self.architecture!r} down-samples "
+                             f"by {m}), got {self.patch_size}")
         for name, lo in (("batch_size", 1), ("steps", 1), ("warmup_steps", 0), ("step_size", 1),
                          ("gan_start", 0), ("seed", 0), ("threads", 0), ("checkpoint_every", 0),
                          ("eval_every", 0), ("eval_images", 1), ("num_workers", 0)):
@@ -250,15 +295,16 @@ def make_pair(rng: np.random.Generator, shape, *, dose_range=(5e2, 5e5), kind: s
     from :func:`stemquant.synth.default_distortion` at the nominal pixel size 0.1 Å (same intensity scale).
     A pair whose noisy image is constant (the STEM distortions occasionally return one, e.g. a fully
     saturated small frame) cannot be normalised as :func:`stemquant.restore.restore` does and is redrawn
-    from the same generator (deterministic); so is a draw where ``random_clean_image`` raises ValueError
-    (it occasionally samples a specimen without atoms).
+    from the same generator (deterministic). ``random_clean_image`` redraws empty specimens itself; the
+    ``except ValueError`` below is kept only as a guard and consumes the same generator, so the stream is
+    unchanged either way.
     """
     from stemquant.synth import default_distortion, random_clean_image
 
     for _ in range(MAX_REDRAWS):
         try:
             clean = random_clean_image(tuple(shape), rng=rng, kind=kind)
-        except ValueError:  # synth occasionally draws a specimen without atoms (seen 2026-11-22); redraw
+        except ValueError:  # guard only: synth now redraws specimens without atoms itself (was seen 2026-11-22)
             continue
         dose = float(np.exp(rng.uniform(np.log(dose_range[0]), np.log(dose_range[1]))))
         noisy = np.asarray(default_distortion()(clean, dose, rng), dtype=np.float64)
@@ -329,7 +375,7 @@ def _lr_factor(config: TrainConfig):
 
 # ------------------------------------------------------------------------------------------- trainer
 class Trainer:
-    """Pixel-loss (+ optional GAN) trainer of a CGRDN; override the methods to change a step.
+    """Pixel-loss (+ optional GAN) trainer of a CGRDN or a baseline network; override the methods to change a step.
 
     Use :func:`train` for the usual run. Attributes after :meth:`setup`: ``model``, ``optimizer``,
     ``scheduler``, ``disc``/``disc_optimizer`` (GAN only), ``scaler`` (CUDA AMP), ``step``, ``history``.
@@ -349,10 +395,10 @@ class Trainer:
 
     # ---- construction ------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        """The generator (CGRDN of the configured size), initialised from ``config.seed``, then from
-        ``config.init_weights`` if given."""
+        """The generator (CGRDN of the configured size or a baseline network, :func:`build_network`),
+        initialised from ``config.seed``, then from ``config.init_weights`` if given."""
         torch.manual_seed(self.config.seed)
-        model = CGRDN(ARCHITECTURES[self.config.architecture]())
+        model = build_network(self.config.architecture)
         if self.config.init_weights:
             path = Path(self.config.init_weights)
             if not path.is_file():
@@ -613,7 +659,7 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> nn.Module:
-    """Train a CGRDN restoration network on synthetic HR-STEM pairs.
+    """Train a CGRDN (or baseline) restoration network on synthetic HR-STEM pairs.
 
     Step k draws ``batch_size`` pairs from ``SeedSequence(config.seed, spawn_key=(0, k))`` (images of
     :func:`stemquant.synth.random_clean_image`, STEM distortions of :mod:`stemquant.distort`), normalises
@@ -644,8 +690,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
 # ----------------------------------------------------------------------------------------------- CLI
 def train_parser() -> argparse.ArgumentParser:
     """Argument parser of ``stemquant train``."""
-    p = argparse.ArgumentParser(prog="stemquant train", description="Train a CGRDN restoration network on "
-                                "synthetic HR-STEM pairs (docs/training.md).")
+    p = argparse.ArgumentParser(prog="stemquant train", description="Train a CGRDN (or baseline) restoration "
+                                "network on synthetic HR-STEM pairs (docs/training.md).")
     p.add_argument("--config", help="TOML file with TrainConfig fields (default: built-in defaults)")
     p.add_argument("--resume", action="store_true", help="continue from <checkpoint_dir>/checkpoint.pt")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the config's device")
