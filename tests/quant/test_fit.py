@@ -236,3 +236,28 @@ def test_crlb_bad_input():
         column_crlb([[1.0, 1.0]], 0.4, 1.0, np.nan, (20, 20), P, 1e3)
     with pytest.raises(ValueError, match="shape"):
         column_crlb([[1.0, 1.0]], 0.4, 1.0, 0.1, (20.5, 20), P, 1e3)
+
+
+@pytest.mark.parametrize(("noise", "width"), [("poisson", "common"), ("gaussian", "individual")])
+def test_newton_steps_reach_the_gauss_newton_optimum(noise, width, rng, monkeypatch):
+    # Near the optimum the engine switches from Gauss–Newton / Fisher scoring to Newton steps (same fixed point,
+    # faster convergence). Both stop when their last step moved every column by < ~1e-2 of its statistical
+    # uncertainty (share ≤ 5e-5); Gauss–Newton converges linearly with a rate ≲ 0.2 here, so each path ends within
+    # ~0.01/(1 − 0.2) ≈ 0.013 CRLB of the exact optimum and the two within 0.03 CRLB of each other.
+    from stemquant.quant import _fit
+
+    pos, shape = lattice(5)
+    dose = 5e3
+    img = gaussian_image(pos, 0.45, 0.05, 0.005, shape)
+    stack = rng.poisson(img * dose * P * P, size=(20, *shape)) / (dose * P * P)
+    start = pos + rng.normal(0, 0.05, pos.shape)
+    kw = dict(dose=dose, noise=noise, width=width, crlb=False, progress=False)
+    newton = fit_columns(stack, start, P, **kw)
+    monkeypatch.setattr(_fit, "_NEWTON", False)
+    gn = fit_columns(stack, start, P, **kw)
+    assert newton.converged.all() and gn.converged.all()
+    assert newton.n_iter.mean() <= gn.n_iter.mean()
+    cr = column_crlb(pos, 0.45, 0.05, 0.005, shape, P, dose, width=width)
+    dx = np.abs(newton.positions - gn.positions) / cr[["x_crlb", "y_crlb"]].to_numpy()
+    ds = np.abs(newton.scs - gn.scs) / cr["scs_crlb"].to_numpy()
+    assert dx.max() < 0.03 and ds.max() < 0.03

@@ -71,3 +71,23 @@ def test_jvp_vjp_and_blocks_match_autograd():
             return M.render(geom, pr, et * keep, torch.zeros_like(zeta), mask)
         Jn = torch.autograd.functional.jacobian(single, theta.detach()[0, n])  # (npix, 4)
         torch.testing.assert_close(blocks[0, n], Jn.T @ (w[:, None] * Jn))
+
+
+def test_residual_moments_give_gradient_and_curvature_of_autograd():
+    """Σ_p r_p ∇²f_p per column (the Newton term) and Jᵀr from the 5×5 residual moments, against autograd."""
+    geom, mask, cx, cy, eta, rho, zeta, g = _setup()
+    prof = M.profiles(geom, cx, cy, rho)
+    r = torch.randn(mask.numel(), generator=g, dtype=torch.float64) * mask.reshape(-1)
+    X = M.residual_moments(geom, prof, cx, cy, r)
+    gcol, _ = M.vjp(geom, prof, eta, rho, r, None)
+    torch.testing.assert_close(M.moments_gradient(X, M.coefficients(eta, rho)), gcol)
+    curv = M.curvature_blocks(X, eta, rho)
+    theta = torch.stack((cx, cy, eta, rho), -1)
+    for b in range(cx.shape[0]):
+        def rf(t, b=b):  # r·f for frame b as a function of its (N, 4) parameters
+            th = theta.clone()
+            th[b] = t
+            return (r * _render_autograd(geom, mask, th, zeta)).sum()
+        hess = torch.autograd.functional.hessian(rf, theta[b])  # (N, 4, N, 4); f is a sum: block diagonal
+        for n in range(cx.shape[1]):
+            torch.testing.assert_close(curv[b, n], hess[n, :, n, :])

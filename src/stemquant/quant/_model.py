@@ -202,6 +202,54 @@ def vjp(geom: PatchGeometry, prof: Profiles, eta, rho, r_flat, mask_sum_r) -> tu
     return g, mask_sum_r
 
 
+def residual_moments(geom: PatchGeometry, prof: Profiles, cx, cy, r_flat) -> torch.Tensor:
+    """Moments X[t, s] = Σ_ab R_ab (g_y d_y^t)_a (g_x d_x^s)_b, s, t = 0..4, of a residual map on every window.
+
+    Shape (B, N, 5, 5). The top-left 3×3 block is what :func:`vjp` uses; the rest gives the second-derivative
+    term Σ r ∇²f of the Hessian (:func:`curvature_blocks`), from the same gathered windows.
+    """
+    R = gather_patches(r_flat, geom)
+    dx = (geom.cols.to(R.dtype) - cx[..., None])[..., None, :]
+    dy = (geom.rows.to(R.dtype) - cy[..., None])[..., None, :]
+    vx = torch.cat((prof.vx, prof.vx[..., 1:3, :] * (dx * dx)), dim=-2)  # g d^0..4
+    vy = torch.cat((prof.vy, prof.vy[..., 1:3, :] * (dy * dy)), dim=-2)
+    return (vy @ R) @ vx.transpose(-1, -2)
+
+
+def moments_gradient(X: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """Jᵀr per column (B, N, 4) from the moments of :func:`residual_moments` (as :func:`vjp`)."""
+    Mm = X[..., :3, :3]
+    return (Mm.reshape(*Mm.shape[:-2], 9) @ _moment_map(Mm).T) * coef
+
+
+def curvature_blocks(X: torch.Tensor, eta, rho) -> torch.Tensor:
+    """Per-column 4×4 blocks of Σ_p r_p ∇²f_p for (c_x, c_y, η, ρ_n), from residual moments X, shape (B, N, 4, 4).
+
+    With g = exp(-(d_x² + d_y²)/2ρ²): ∂²g/∂c_x² = g(d_x²/ρ⁴ − 1/ρ²), ∂²g/∂c_x∂c_y = g d_x d_y/ρ⁴,
+    ∂²g/∂c_x∂ρ = g d_x (d²/ρ⁵ − 2/ρ³), ∂²g/∂ρ² = g (d⁴/ρ⁶ − 3d²/ρ⁴) with d² = d_x² + d_y², and ∂²(ηg)/∂η∂θ = ∂g/∂θ.
+    """
+    i1 = 1.0 / rho
+    i2 = i1 * i1
+    i3, i4 = i2 * i1, i2 * i2
+    i5, i6 = i4 * i1, i4 * i2
+
+    def x(s, t):  # Σ R g d_x^s d_y^t
+        return X[..., t, s]
+
+    r2 = x(2, 0) + x(0, 2)
+    S = torch.zeros(*eta.shape, 4, 4, dtype=X.dtype, device=X.device)
+    S[..., ETA, CX] = S[..., CX, ETA] = x(1, 0) * i2
+    S[..., ETA, CY] = S[..., CY, ETA] = x(0, 1) * i2
+    S[..., ETA, RHO] = S[..., RHO, ETA] = r2 * i3
+    S[..., CX, CX] = eta * (x(2, 0) * i4 - x(0, 0) * i2)
+    S[..., CY, CY] = eta * (x(0, 2) * i4 - x(0, 0) * i2)
+    S[..., CX, CY] = S[..., CY, CX] = eta * x(1, 1) * i4
+    S[..., CX, RHO] = S[..., RHO, CX] = eta * ((x(3, 0) + x(1, 2)) * i5 - 2 * x(1, 0) * i3)
+    S[..., CY, RHO] = S[..., RHO, CY] = eta * ((x(2, 1) + x(0, 3)) * i5 - 2 * x(0, 1) * i3)
+    S[..., RHO, RHO] = eta * ((x(4, 0) + 2 * x(2, 2) + x(0, 4)) * i6 - 3 * r2 * i4)
+    return S
+
+
 def column_blocks(geom: PatchGeometry, prof: Profiles, eta, rho, w_flat) -> torch.Tensor:
     """Per-column 4×4 blocks of JᵀWJ for (c_x, c_y, η, ρ_n), ignoring overlaps with other columns.
 
