@@ -207,7 +207,8 @@ def _cmd_restore(args) -> int:
 
     _check_outputs(args.output, overwrite=args.overwrite)
     image, p = load_image(args.input)
-    out = restore(image, model=args.model, device=args.device)
+    out = restore(image, model=args.model, device=args.device, tile=args.tile, overlap=args.overlap,
+                  batch_size=args.batch_size)
     path = save_image(args.output, out, pixel_size=p, overwrite=args.overwrite)
     print(f"restored {args.input} with model {args.model!r} -> {path}")
     return 0
@@ -288,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("output", help="output image file (.npy, .tif, .h5)")
     r.add_argument("--model", default="hrstem", help="registry name (see stemquant.restore.list_models())")
     r.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    r.add_argument("--tile", type=int, default=1024,
+                   help="maximum tile side [pixels] (default 1024; memory grows with batch-size x tile²)")
+    r.add_argument("--overlap", type=int, default=64,
+                   help="minimum overlap of neighbouring tiles [pixels] (default 64)")
+    r.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass (default 1)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     r.set_defaults(func=_cmd_restore)
 
