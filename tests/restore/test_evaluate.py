@@ -97,3 +97,13 @@ def test_evaluate_main(tmp_path, capsys):
                           "--device", "cpu", "--csv", str(csv)]) == 0
     out = capsys.readouterr().out
     assert "raw" in out and "model" in out and csv.is_file()
+    per = tmp_path / "per.csv"
+    assert evaluate_main([str(tmp_path / "m.pt"), "--n-images", "2", "--size", "32", "--no-baselines",
+                          "--device", "cpu", "--per-image-csv", str(per)]) == 0
+    import pandas as pd
+
+    t = pd.read_csv(per)
+    assert len(t) == 4 and set(t.method) == {"raw", "model"}
+    # the printed/CSV summary is the per-image table's mean per method
+    summary = pd.read_csv(csv, index_col=0)
+    np.testing.assert_allclose(summary.loc["model", "psnr_mean"], t[t.method == "model"].psnr.mean(), rtol=1e-9)

@@ -218,8 +218,16 @@ def evaluate(model_or_name, *, n_images: int = 64, seed: int = EVAL_SEED, shape=
             outs["gambini-ae"] = [restore(p[0], ae, device=device) for p in pairs]
     outs["model"] = [restore(p[0], model, device=device) for p in pairs]
     table = pd.concat([_scores(m, pairs, o) for m, o in outs.items()], ignore_index=True)
-    if per_image:
-        return table
+    return table if per_image else summarise(table)
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Summary of a per-image table (``evaluate(..., per_image=True)``): one row per method, in order.
+
+    Returns
+    -------
+    DataFrame indexed by method with columns ``psnr_mean, psnr_std, ssim_mean, ssim_std, n``
+    """
     g = table.groupby("method", sort=False)
     return pd.DataFrame({"psnr_mean": g["psnr"].mean(), "psnr_std": g["psnr"].std(ddof=1),
                          "ssim_mean": g["ssim"].mean(), "ssim_std": g["ssim"].std(ddof=1),
@@ -239,6 +247,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--no-baselines", action="store_true", help="only raw and the model")
     p.add_argument("--csv", help="also write the summary table to this CSV file")
+    p.add_argument("--per-image-csv", help="also write the per-image table (image, dose, method, psnr, ssim)")
     return p
 
 
@@ -252,9 +261,12 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         model = TrainConfig.from_toml(args.config).export or model
     if model is None:
         model = str(weights_path("hrstem"))
-    df = evaluate(model, n_images=args.n_images, seed=args.seed, shape=(args.size, args.size),
-                  device=args.device, baselines=not args.no_baselines)
+    table = evaluate(model, n_images=args.n_images, seed=args.seed, shape=(args.size, args.size),
+                     device=args.device, baselines=not args.no_baselines, per_image=True)
+    df = summarise(table)
     print(df.to_string(float_format=lambda v: f"{v:.4f}"))
+    if args.per_image_csv:
+        table.to_csv(args.per_image_csv, index=False)
     if args.csv:
         df.to_csv(args.csv)
     return 0
