@@ -346,6 +346,7 @@ class _Problem:
             pl = copy.copy(self)
             pl.__dict__.pop("_lowp", None)
             pl.mask, pl.col_free, pl.glob_free = self.mask.to(lo), self.col_free.to(lo), self.glob_free.to(lo)
+            pl.data = self.data.to(lo)
             cache[lo] = pl
         pl.geom = self.geom  # windows are re-centred during the fit
         return pl
@@ -368,15 +369,10 @@ class _Problem:
         if self.noise == "gaussian":
             r = d - fr
             return 0.5 * (r * r).sum((1, 2))
-        out = (fr - torch.xlogy(d, torch.clamp(fr, min=1e-300))).sum((1, 2)) + self.const
+        # d·ln f with f clamped > 0 equals xlogy(d, f) for counts d ≥ 0, and the vectorised log is ~10x faster
+        out = (fr - d * torch.log(torch.clamp(fr, min=1e-300))).sum((1, 2)) + self.const
         bad = (fr <= 0).flatten(1).any(1)
         return torch.where(bad, torch.full_like(out, math.inf), out)
-
-    def weights(self, f):
-        m = self.mask.reshape(-1)
-        if self.noise == "gaussian":
-            return m
-        return m / torch.clamp(f, min=1e-12)
 
     # --- J, Jᵀ restricted to the free parameters -------------------------------------------------------
     def expand(self, vcol, vglob):
@@ -593,18 +589,20 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None, newton=
     geom = prob.geom
     B = geom.i0.shape[0]
     dt = f.dtype
-    w = prob.weights(f)
-    r = (prob.data - f) * w  # W (d - f), zero on padding; in the working precision (d − f cancels)
-    # Everything that only needs ~1e-6 relative accuracy runs in float32 (half the memory traffic): the gradient
-    # JᵀW r (its rounding moves the fixed point by ~1e-7 of the statistical error: r itself is exact), the
-    # preconditioner blocks and the CG iterations, which only need a ~1e-2 accurate step. The criterion, the
-    # residual and the parameters stay in the working precision.
+    # Everything that only needs ~1e-6 relative accuracy runs in float32 (half the memory traffic): the weights,
+    # the gradient JᵀW r (its rounding moves the fixed point by ~1e-7 of the statistical error: the residual d − f
+    # itself is formed in the working precision), the preconditioner blocks and the CG iterations, which only need
+    # a ~1e-2 accurate step. The criterion and the parameters stay in the working precision.
     lo = torch.float32 if dt == torch.float64 else dt
     pl = prob.lowp(lo)
     stl = _State(st.col.to(lo), st.glob.to(lo), st.types, st.width_mode)
     profl = M.Profiles(prof.vx.to(lo), prof.vy.to(lo), M.coefficients(stl.col[..., M.ETA], stl.rho()))
-    wl = pl.mask.reshape(-1) if prob.noise == "gaussian" else w.to(lo)  # W = mask for least squares
-    rl = r.to(lo)
+    ml = pl.mask.reshape(-1)
+    if prob.noise == "gaussian":  # W = mask
+        wl = ml
+    else:  # Fisher scoring: W = 1/f on the real pixels
+        wl = ml / torch.clamp(f.to(lo), min=1e-12)
+    rl = (prob.data - f).to(lo) * wl  # W (d − f), zero on padding
     if newton is None:
         newton = torch.zeros(B, dtype=torch.bool, device=f.device)
     use_newton = bool(newton.any())
@@ -618,7 +616,7 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None, newton=
         if prob.noise == "gaussian":
             wH = wl
         else:  # observed information d/f² in the Newton frames, expected 1/f in the others
-            wH = torch.where(newton[:, None], (prob.data * w * w).view(B, -1), w.view(B, -1)).reshape(-1).to(lo)
+            wH = torch.where(newton[:, None], (pl.data * wl * wl).view(B, -1), wl.view(B, -1)).reshape(-1)
     else:
         gcol, gglob = pl.JT(stl, profl, rl)
         wH = wl
