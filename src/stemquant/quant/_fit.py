@@ -2,8 +2,10 @@
 
 Engine: Levenberg–Marquardt on all parameters jointly (positions, heights, widths, background), every frame of a
 stack in one batch. The damped normal equations (JᵀWJ + λ·diag) δ = JᵀW r are solved matrix-free by conjugate
-gradients preconditioned with the exact per-column 4×4 blocks; J·v and Jᵀ·u use the separable patch kernels of
-``_model.py``, so one iteration costs O(N·P²) and the whole fit grows linearly with the number of columns.
+gradients preconditioned with the exact per-column 4×4 blocks (and a Schur complement for the global parameters);
+J·v and Jᵀ·u use the separable patch kernels of ``_model.py``, so one iteration costs O(N·P²) and the whole fit
+grows linearly with the number of columns. Near the optimum each frame switches from Gauss–Newton / Fisher scoring
+to Newton steps (second-derivative term added, same fixed point, quadratic convergence).
 The heights and background enter linearly: they are first solved with positions and widths fixed (variable
 projection start, as StatSTEM does for large images), then all parameters are refined jointly.
 
