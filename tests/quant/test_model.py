@@ -91,3 +91,12 @@ def test_residual_moments_give_gradient_and_curvature_of_autograd():
         hess = torch.autograd.functional.hessian(rf, theta[b])  # (N, 4, N, 4); f is a sum: block diagonal
         for n in range(cx.shape[1]):
             torch.testing.assert_close(curv[b, n], hess[n, :, n, :])
+
+
+def test_mask_weighted_blocks_and_gradient_are_separable():
+    """With W = the real-pixel mask (least squares) blocks and Jᵀ·mask come from 1-D sums: same as gathered."""
+    geom, mask, cx, cy, eta, rho, zeta, g = _setup()  # windows stick out of the 23×19 image
+    prof = M.profiles(geom, cx, cy, rho)
+    m = mask.reshape(-1)
+    torch.testing.assert_close(M.column_blocks(geom, prof, eta, rho, None), M.column_blocks(geom, prof, eta, rho, m))
+    torch.testing.assert_close(M.mask_gradient(geom, prof, eta, rho), M.vjp(geom, prof, eta, rho, m, None)[0])

@@ -628,7 +628,8 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None, newton=
     G = gglob.shape[1]
     if blocks is None:
         eta, rho = stl.col[..., M.ETA], stl.rho()
-        cb = M.column_blocks(geom, profl, eta, rho, wl).to(dt)
+        gauss = prob.noise == "gaussian"  # W = mask: separable, no window gather
+        cb = M.column_blocks(geom, profl, eta, rho, None if gauss else wl).to(dt)
         # exact columns of JᵀWJ for each global parameter (one J·v, Jᵀ·u pair each): the coupling of the
         # background and shared widths with every column, overlaps included, and the global-global block
         zc = torch.zeros_like(gcol)
@@ -637,7 +638,10 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None, newton=
         for g in range(G):
             if float(prob.glob_free[g]) == 0.0:
                 continue
-            if g == 0:  # J e_ζ is the 0/1 mask of real pixels: W·J e_ζ = W, no scatter needed
+            if g == 0 and gauss:  # J e_ζ is the 0/1 mask: Jᵀ mask from 1-D sums, Σ mask = H·W per frame
+                hc, hg = pl.reduce(M.mask_gradient(geom, profl, eta, rho),
+                                   torch.full((B, 1), float(geom.shape[0] * geom.shape[1]), dtype=lo, device=f.device))
+            elif g == 0:  # J e_ζ is the 0/1 mask of real pixels: W·J e_ζ = W, no scatter needed
                 hc, hg = pl.JT(stl, profl, wl)
             else:
                 e = torch.zeros_like(gglob)

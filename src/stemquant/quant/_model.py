@@ -254,13 +254,19 @@ def column_blocks(geom: PatchGeometry, prof: Profiles, eta, rho, w_flat) -> torc
     """Per-column 4×4 blocks of JᵀWJ for (c_x, c_y, η, ρ_n), ignoring overlaps with other columns.
 
     Uses S[s, t] = Σ_ab W_ab (g_y² d_y^s)_a (g_x² d_x^t)_b, s, t = 0..4. Shape (B, N, 4, 4).
+    ``w_flat=None`` means W = the 0/1 mask of real pixels, which is separable (rows × columns inside the image):
+    then S is an outer product of 1-D sums and no window is gathered.
     """
-    Wp = gather_patches(w_flat, geom)  # (B, N, P, P)
     gx, gy = prof.vx[..., 0, :], prof.vy[..., 0, :]
     # moments d^t g² from the stored profiles: g·d^t · g
     ex = _square_moments(prof.vx, gx)  # (B, N, 5, P)
     ey = _square_moments(prof.vy, gy)
-    S = (ey @ Wp) @ ex.transpose(-1, -2)  # (B, N, 5, 5)
+    if w_flat is None:
+        rv, cv = inside_rows_cols(geom, ex.dtype)
+        S = (ey * rv[..., None, :]).sum(-1)[..., :, None] * (ex * cv[..., None, :]).sum(-1)[..., None, :]
+    else:
+        Wp = gather_patches(w_flat, geom)  # (B, N, P, P)
+        S = (ey @ Wp) @ ex.transpose(-1, -2)  # (B, N, 5, 5)
     a = eta / (rho * rho)
     b = eta / (rho * rho * rho)
     H = torch.empty(*eta.shape, 4, 4, dtype=eta.dtype, device=eta.device)
@@ -275,6 +281,24 @@ def column_blocks(geom: PatchGeometry, prof: Profiles, eta, rho, w_flat) -> torc
     H[..., RHO, CY] = H[..., CY, RHO] = a * b * (S[..., 1, 2] + S[..., 3, 0])
     H[..., RHO, RHO] = b * b * (S[..., 0, 4] + 2 * S[..., 2, 2] + S[..., 4, 0])
     return H
+
+
+def inside_rows_cols(geom: PatchGeometry, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """0/1 flags (B, N, P) of the window rows / columns that lie inside the image: the mask of a window is their
+    outer product."""
+    H, W = geom.shape
+    rv = ((geom.rows >= 0) & (geom.rows <= H - 1)).to(dtype)
+    cv = ((geom.cols >= 0) & (geom.cols <= W - 1)).to(dtype)
+    return rv, cv
+
+
+def mask_gradient(geom: PatchGeometry, prof: Profiles, eta, rho) -> torch.Tensor:
+    """Jᵀ·mask per column, shape (B, N, 4), from separable 1-D sums (as :func:`vjp` with ``r`` = the real-pixel
+    mask, without gathering windows)."""
+    rv, cv = inside_rows_cols(geom, prof.vx.dtype)
+    Mm = (prof.vy * rv[..., None, :]).sum(-1)[..., :, None] * (prof.vx * cv[..., None, :]).sum(-1)[..., None, :]
+    coef = prof.coef if prof.coef is not None else coefficients(eta, rho)
+    return (Mm.reshape(*Mm.shape[:-2], 9) @ _moment_map(Mm).T) * coef
 
 
 def _square_moments(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
