@@ -9,6 +9,12 @@ format, same windowed Gaussian model, same least-squares criterion) run in the s
 Every single-image time is the best of ``--repeat`` runs, for the baseline and for stemquant alike (the machine
 is shared: the minimum is the least disturbed run); CPU-time ratios (process time) are printed next to them.
 
+Both sides get the same resources: ``fit_columns`` runs on one torch thread (its CPU default) and the baseline's
+BLAS (OpenBLAS under numpy/scipy) is limited to one thread with threadpoolctl. Unpinned, OpenBLAS spins a second
+thread that fights other processes for the other core and made the baseline up to ~2-3x slower in wall and CPU
+time on this shared machine — ratios measured that way (before 2026-12-01 14:10 UTC) overstated our speed-up.
+``--baseline-blas-threads 0`` leaves the BLAS threading as it is, for comparison.
+
     python benchmarks/fit_speed.py [--quick] [--repeat 3]
 """
 
@@ -22,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.optimize import least_squares
+from threadpoolctl import threadpool_limits
 
 from stemquant.quant import fit_columns
 
@@ -125,12 +132,17 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="skip the 2,000-column image and use a 20-frame stack")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per single-image timing; the best one counts")
+    ap.add_argument("--baseline-blas-threads", type=int, default=1,
+                    help="BLAS threads of the scipy baseline (default 1, like fit_columns; 0 = leave unlimited)")
     args = ap.parse_args(argv)
+    if args.baseline_blas_threads:
+        threadpool_limits(args.baseline_blas_threads)  # process-wide: numpy/scipy BLAS only, torch is separate
     if args.threads:
         torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average "
-          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; best of {args.repeat}")
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; best of {args.repeat}; baseline BLAS threads "
+          f"{args.baseline_blas_threads or 'unlimited'}")
     R = args.repeat
     img, pos, start = lattice_image(20, 20, rng)
     x = noisy(img, rng)
