@@ -74,7 +74,9 @@ def test_demo_end_to_end(tmp_path):
     s = run_demo(tmp_path / "demo", dose=5e4, rng=0)
     # At 5e4 e/Å² adjacent library SCS of 1..11 Pt atoms differ by >= 0.015 Å², ~7x the SCS CRLB (0.002 Å²):
     # counting must be nearly exact (the measured run gives 0.997)
-    assert s["detection F1"] > 0.95
+    # The faintest (single-atom rim) columns peak ~10 counts above a ~0.7-count background per 0.12 Å pixel at
+    # this dose, so every column is detectable: allow at most ~3 detection errors of 333.
+    assert s["detection F1"] > 0.99
     assert s["correct counts, GMM"] > 0.95
     assert (tmp_path / "demo" / "columns.csv").exists() and (tmp_path / "demo" / "demo.png").exists()
 
