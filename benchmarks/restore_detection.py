@@ -25,16 +25,16 @@ from stemquant.restore._evaluate import resolve_model
 from stemquant.simulate import PRESETS, load_scs_library, render_incoherent
 from stemquant.structures import project_columns, pt_nanoparticle
 
-P = 0.12  # pixel size [Å]
+P = 0.12  # default pixel size [Å] (the demo's); --pixel-size changes it
 DOSES = (5e2, 1e3, 5e3)
 GRID = [(method, smoothing) for method in ("maxima", "anscombe") for smoothing in (0.3, 0.5)]
 
 
-def best_detection(image: np.ndarray, true_xy: np.ndarray) -> dict:
+def best_detection(image: np.ndarray, true_xy: np.ndarray, pixel_size: float = P) -> dict:
     """Best F1 over the finder grid, with the settings and the number of columns found."""
     best = None
     for method, smoothing in GRID:
-        found = find_columns(image, P, min_distance=1.2, threshold=0.05, smoothing=smoothing, method=method)
+        found = find_columns(image, pixel_size, min_distance=1.2, threshold=0.05, smoothing=smoothing, method=method)
         r = detection_metrics(found, true_xy, 0.5)
         if best is None or r["f1"] > best["f1"]:
             best = {"f1": r["f1"], "precision": r["precision"], "recall": r["recall"], "found": len(found),
@@ -46,22 +46,24 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default="src/stemquant/restore/weights/hrstem.pt")
     ap.add_argument("--seeds", type=int, default=2, help="noise realisations per dose")
+    ap.add_argument("--pixel-size", type=float, default=P, help="pixel size [Å] (the model's nominal one is 0.1)")
     args = ap.parse_args(argv)
+    p = args.pixel_size
     atoms = pt_nanoparticle()
     truth = project_columns(atoms)
-    n = int(round(float(atoms.cell[0, 0]) / P))
-    clean = render_incoherent(truth, shape=(n, n), pixel_size=P, probe=PRESETS["particle"],
+    n = int(round(float(atoms.cell[0, 0]) / p))
+    clean = render_incoherent(truth, shape=(n, n), pixel_size=p, probe=PRESETS["particle"],
                               library=load_scs_library("pt001_particle"), background=1e-3)
     true_xy = truth[["x", "y"]].to_numpy()
     model = resolve_model(args.weights, device="cpu")
     rows = []
     for dose in DOSES:
         for seed in range(1, args.seeds + 1):
-            raw = poisson_noise(clean, dose=dose, pixel_size=P, rng=seed) / (dose * P**2)
+            raw = poisson_noise(clean, dose=dose, pixel_size=p, rng=seed) / (dose * p**2)
             for name, image in (("raw", raw), ("restored", restore(raw, model, device="cpu"))):
-                rows.append({"dose": dose, "seed": seed, "image": name, **best_detection(image, true_xy)})
+                rows.append({"dose": dose, "seed": seed, "image": name, **best_detection(image, true_xy, p)})
     df = pd.DataFrame(rows)
-    print(f"{len(truth)} columns, {n}x{n} px, pixel {P} Å, model {args.weights}")
+    print(f"{len(truth)} columns, {n}x{n} px, pixel {p} Å, model {args.weights}")
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     mean = df.groupby(["dose", "image"])[["f1", "recall", "precision"]].mean().unstack("image")
     ratio = (mean["f1"]["restored"] / mean["f1"]["raw"]).rename("f1 restored/raw")
