@@ -136,7 +136,7 @@ def main(argv=None):
                     help="BLAS threads of the scipy baseline (default 1, like fit_columns; 0 = leave unlimited)")
     args = ap.parse_args(argv)
     if args.baseline_blas_threads:
-        threadpool_limits(args.baseline_blas_threads)  # process-wide: numpy/scipy BLAS only, torch is separate
+        threadpool_limits(args.baseline_blas_threads, user_api="blas")  # numpy/scipy BLAS only, not torch
     if args.threads:
         torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)

@@ -651,14 +651,15 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None, newton=
         blocks = {"cb": cb, "C": C, "Gm0": Gm0}
     # The factorised preconditioner depends on λ only through λ·D: while λ stays ≤ 1e-3 (a ≤ 0.1 % change of the
     # diagonal) the one built for an earlier λ is as good, so it is rebuilt with the blocks or when λ grows.
-    pre = blocks.get("pre")
-    if pre is None or not bool((((lam <= 1e-3) & (blocks["lam"] <= 1e-3)) | (lam == blocks["lam"])).all()):
-        pre = blocks["pre"] = _preconditioner(blocks["cb"], blocks["C"], blocks["Gm0"], lam, prob.col_free,
-                                              prob.glob_free, lo)
-        blocks["lam"] = lam
     if use_newton:  # the per-column curvature changes every step: precondition with the Newton blocks
         pre = _preconditioner(*_newton_blocks(prob, blocks, curv.to(dt)), lam, prob.col_free, prob.glob_free, lo,
                               dsrc=(blocks["cb"], blocks["Gm0"]))
+    else:
+        pre = blocks.get("pre")
+        if pre is None or not bool((((lam <= 1e-3) & (blocks["lam"] <= 1e-3)) | (lam == blocks["lam"])).all()):
+            pre = blocks["pre"] = _preconditioner(blocks["cb"], blocks["C"], blocks["Gm0"], lam, prob.col_free,
+                                                  prob.glob_free, lo)
+            blocks["lam"] = lam
     Pc_inv, C, K, S_inv, Dcoll, Dglobl = pre
     laml = lam.to(lo)
 

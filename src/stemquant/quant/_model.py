@@ -131,6 +131,11 @@ def coefficients(eta, rho) -> torch.Tensor:
     return torch.stack((a, a, torch.ones_like(a), a * inv), dim=-1)
 
 
+def _coef(prof: Profiles, eta, rho) -> torch.Tensor:
+    """The derivative scales of :func:`coefficients`, cached on the profiles when available."""
+    return prof.coef if prof.coef is not None else coefficients(eta, rho)
+
+
 def profiles(geom: PatchGeometry, cx, cy, rho) -> Profiles:
     """Return ``[g, g·d, g·d²]`` along x and y, with ``g = exp(-d²/(2ρ²))`` and ``d`` = pixel − centre [px]."""
     dx = geom.cols - cx[..., None]
@@ -179,7 +184,7 @@ def jvp(geom: PatchGeometry, prof: Profiles, eta, rho, vcol, vzeta, mask) -> tor
     ``vcol`` (B, N, 4) holds the step of (c_x, c_y, η, ρ_n) per column (ρ_n already expanded from a common
     width if widths are shared); ``vzeta`` (B,) the background step.
     """
-    coef = prof.coef if prof.coef is not None else coefficients(eta, rho)
+    coef = _coef(prof, eta, rho)
     # δp = g_y ⊗ (vη g_x + a vx g_x d + b vρ g_x d²) + (g_y d) ⊗ (a vy g_x) + (g_y d²) ⊗ (b vρ g_x)
     #    = vyᵀ C vx with the 3×3 weight matrix C of the scaled steps (few batched ops instead of many small ones)
     C = ((vcol * coef) @ _moment_map(vcol)).view(*vcol.shape[:-1], 3, 3)
@@ -197,9 +202,7 @@ def vjp(geom: PatchGeometry, prof: Profiles, eta, rho, r_flat, mask_sum_r) -> tu
     R = gather_patches(r_flat, geom)  # (B, N, P, P)
     # M[s, t] = Σ_ab R_ab (g_y d^s)_a (g_x d^t)_b; (3×P)@(P×P) first is the fast order for small batched matmuls
     Mm = (prof.vy @ R) @ prof.vx.transpose(-1, -2)  # (B, N, 3, 3)
-    coef = prof.coef if prof.coef is not None else coefficients(eta, rho)
-    g = (Mm.reshape(*Mm.shape[:-2], 9) @ _moment_map(Mm).T) * coef
-    return g, mask_sum_r
+    return moments_gradient(Mm, _coef(prof, eta, rho)), mask_sum_r
 
 
 def residual_moments(geom: PatchGeometry, prof: Profiles, cx, cy, r_flat) -> torch.Tensor:
@@ -217,7 +220,8 @@ def residual_moments(geom: PatchGeometry, prof: Profiles, cx, cy, r_flat) -> tor
 
 
 def moments_gradient(X: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-    """Jᵀr per column (B, N, 4) from the moments of :func:`residual_moments` (as :func:`vjp`)."""
+    """Jᵀr per column (B, N, 4) from window moments X (…, ≥3, ≥3): those of :func:`residual_moments` or the 3×3
+    ones of :func:`vjp`."""
     Mm = X[..., :3, :3]
     return (Mm.reshape(*Mm.shape[:-2], 9) @ _moment_map(Mm).T) * coef
 
@@ -297,8 +301,7 @@ def mask_gradient(geom: PatchGeometry, prof: Profiles, eta, rho) -> torch.Tensor
     mask, without gathering windows)."""
     rv, cv = inside_rows_cols(geom, prof.vx.dtype)
     Mm = (prof.vy * rv[..., None, :]).sum(-1)[..., :, None] * (prof.vx * cv[..., None, :]).sum(-1)[..., None, :]
-    coef = prof.coef if prof.coef is not None else coefficients(eta, rho)
-    return (Mm.reshape(*Mm.shape[:-2], 9) @ _moment_map(Mm).T) * coef
+    return moments_gradient(Mm, _coef(prof, eta, rho))
 
 
 def _square_moments(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
