@@ -257,7 +257,7 @@ def test_newton_steps_reach_the_gauss_newton_optimum(noise, width, rng, monkeypa
     monkeypatch.setattr(_fit, "_NEWTON", False)
     gn = fit_columns(stack, start, P, **kw)
     assert newton.converged.all() and gn.converged.all()
-    assert newton.n_iter.mean() <= gn.n_iter.mean()
+    assert newton.n_iter.mean() < gn.n_iter.mean()  # fails if the Newton branch never runs (then identical)
     cr = column_crlb(pos, 0.45, 0.05, 0.005, shape, P, dose, width=width)
     dx = np.abs(newton.positions - gn.positions) / cr[["x_crlb", "y_crlb"]].to_numpy()
     ds = np.abs(newton.scs - gn.scs) / cr["scs_crlb"].to_numpy()
