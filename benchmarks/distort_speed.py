@@ -83,16 +83,6 @@ def naive_distort(image: np.ndarray, p: STEMParams, dose: float, rng: np.random.
     return x
 
 
-def _rate(fn, n_images: int, repeats: int) -> float:
-    """Best-of-``repeats`` images per second (wall clock)."""
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return n_images / best
-
-
 def _rates(fns: dict, n_images: int, repeats: int) -> dict:
     """Best-of-``repeats`` (wall img/s, CPU img/s) of each callable, run **interleaved** (one round calls each
     once), so that a change of the machine's load hits all of them alike and their ratios stay meaningful.

@@ -14,7 +14,10 @@ def _frame_max(img: np.ndarray) -> np.ndarray:
     return img.max(axis=(-2, -1), keepdims=True)
 
 
-def row_line_noise(image, *, count, max_length=0.25, factor_range=(0.5, 1.5), rng=None) -> np.ndarray:
+ROW_LINE_FACTORS = (0.5, 1.5)  # range of the row-line intensity factor (Lobato et al. 2023)
+
+
+def row_line_noise(image, *, count, max_length=0.25, factor_range=ROW_LINE_FACTORS, rng=None) -> np.ndarray:
     """Replace random scan-line segments by their mean times a random factor.
 
     Implements eq. (51) of Lobato et al. (2023): per frame, ``count`` segments on random rows, of random
@@ -259,4 +262,12 @@ def quantise(image, *, adc_gain) -> np.ndarray:
     g = check_real(adc_gain, "adc_gain", "levels per count")
     if g <= 0:
         raise ValueError(f"adc_gain must be positive [levels per count], got {adc_gain}")
-    return np.round(img * g) / g
+    return _quantise_inplace(np.array(img, dtype=np.float64), g)
+
+
+def _quantise_inplace(x: np.ndarray, g: float) -> np.ndarray:
+    """``round(g·x) / g`` in x's own float buffer (no temporaries); returns x."""
+    x *= g
+    np.round(x, out=x)
+    x /= g
+    return x

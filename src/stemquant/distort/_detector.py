@@ -131,9 +131,13 @@ def pmt_noise(counts, *, photons=100.0, efficiency=0.25, dynode_gain=4.0, photon
     """
     k = check_image(counts, name="counts")
     check_nonneg_image(k, "counts")
-    s1 = pmt_sigma(photons=photons, efficiency=efficiency, dynode_gain=dynode_gain,
-                   photon_variance=photon_variance) / (photons * efficiency)
-    return _pmt_core(k, s1, as_rng(rng))
+    return _pmt_core(k, _pmt_s1(photons, efficiency, dynode_gain, photon_variance), as_rng(rng))
+
+
+def _pmt_s1(photons, efficiency, dynode_gain, photon_variance) -> float:
+    """σ₁: PMT signal spread of one detected electron in units of counts (eq. 2.11 scaled by m_c·η)."""
+    return pmt_sigma(photons=photons, efficiency=efficiency, dynode_gain=dynode_gain,
+                     photon_variance=photon_variance) / (photons * efficiency)
 
 
 def _pmt_core(k: np.ndarray, s1: float, rng: np.random.Generator) -> np.ndarray:

@@ -183,6 +183,7 @@ def jitter_displacement(dx, dy, shape) -> np.ndarray:
     """Expand per-line displacements to the field ``(..., 2, H, W)`` = (dx, dy) [px] of ``DistortedImage``."""
     dx = np.asarray(dx, dtype=np.float64)
     dy = np.asarray(dy, dtype=np.float64)
-    w = shape[-1]
-    field = np.stack([dx, dy], axis=-2)[..., None]
-    return np.ascontiguousarray(np.broadcast_to(field, field.shape[:-1] + (w,)))
+    field = np.empty(dx.shape[:-1] + (2, dx.shape[-1], shape[-1]))  # filled directly: no stacked temporary
+    field[..., 0, :, :] = dx[..., None]
+    field[..., 1, :, :] = dy[..., None]
+    return field

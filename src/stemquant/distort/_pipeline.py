@@ -10,7 +10,9 @@ from stemquant._validate import as_rng, check_dose, check_image, check_pixel_siz
 from stemquant.units import counts_per_pixel
 
 from ._artifacts import (
+    ROW_LINE_FACTORS,
     _clip_threshold,
+    _quantise_inplace,
     _random_pixel_indices,
     _row_lines_inplace,
     _zingers_inplace,
@@ -20,9 +22,9 @@ from ._artifacts import (
     zingers,
 )
 from ._checks import check_nonneg_image
-from ._detector import _pmt_core, pmt_sigma
+from ._detector import _pmt_core, _pmt_s1
 from ._fastscan import _cached_psf, _convolve_rows, fast_scan_params
-from ._jitter import _jitter_core, ar1_jitter
+from ._jitter import _jitter_core, ar1_jitter, jitter_displacement
 from ._params import STEMParams, TEMParams
 from ._poisson import poisson_draw
 from ._tem import (
@@ -153,9 +155,7 @@ class STEMDistortion:
             # counts per block (while the block is in the cache), same numbers as for the whole stack
             x[sl], dx[sl], dy[sl] = self._distort_block(counts_per_pixel(img[sl], dose, pixel_size), pixel_size,
                                                         rng)
-        disp = np.empty((b, 2, h, w))  # = jitter_displacement(dx, dy, (h, w)), without the broadcast copy
-        disp[:, 0] = dx[..., None]
-        disp[:, 1] = dy[..., None]
+        disp = jitter_displacement(dx, dy, (h, w))
         if squeeze:
             x, disp = x[0], disp[0]
         return DistortedImage(image=x, displacement=disp, params=self.params, dose=dose,
@@ -181,9 +181,7 @@ class STEMDistortion:
         if p.pmt:
             if not p.poisson:
                 check_nonneg_image(x, "counts")  # as pmt_noise: σ(k) = sqrt(k)·σ₁ needs k >= 0
-            s1 = pmt_sigma(photons=p.pmt_photons, efficiency=p.pmt_efficiency, dynode_gain=p.pmt_dynode_gain,
-                           photon_variance=p.pmt_photon_variance) / (p.pmt_photons * p.pmt_efficiency)
-            x = _pmt_core(x, s1, rng)
+            x = _pmt_core(x, _pmt_s1(p.pmt_photons, p.pmt_efficiency, p.pmt_dynode_gain, p.pmt_photon_variance), rng)
         if p.dwell_time is not None:
             kw = fast_scan_params(p.dwell_time, detector_time=p.detector_time, readout_decay=p.readout_decay,
                                   readout_period=p.readout_period, readout_phase=p.readout_phase)
@@ -193,7 +191,7 @@ class STEMDistortion:
         # saturation level from the signal range before the outlier artefacts (see upper_clip)
         t_clip = None if p.clip_fraction is None else _clip_threshold(x, p.clip_fraction)
         if p.row_line_count > 0:
-            _row_lines_inplace(x, p.row_line_count, p.row_line_length, (0.5, 1.5), rng)
+            _row_lines_inplace(x, p.row_line_count, p.row_line_length, ROW_LINE_FACTORS, rng)
         flat = x.reshape(b, h * w)
         if p.black_pixel_fraction > 0:
             for f, idx in enumerate(_random_pixel_indices(b, h * w, p.black_pixel_fraction, rng)):
@@ -204,9 +202,7 @@ class STEMDistortion:
         if t_clip is not None:
             np.minimum(x, t_clip, out=x)
         if p.adc_gain is not None:
-            x *= p.adc_gain  # quantise(): round(g·x) / g, in place
-            np.round(x, out=x)
-            x /= p.adc_gain
+            _quantise_inplace(x, p.adc_gain)
         return x, dx, dy
 
 
