@@ -19,11 +19,10 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import nn
 
-from .._device import resolve_device
 from ._baselines import GaussianFilter, bm3d_denoise
 from ._cgrdn import CGRDN
 from ._inference import restore
-from ._registry import load_model, network_from_state, weights_path
+from ._registry import load_model, load_state, network_from_state, read_state, weights_path
 from ._train import ARCHITECTURES, BASELINE_ARCHITECTURES, make_pair
 
 EVAL_SEED = 12345
@@ -154,8 +153,7 @@ def resolve_model(model_or_name, *, device="auto") -> nn.Module:
         return load_model(str(model_or_name), device=device)
     if not path.is_file():
         raise FileNotFoundError(f"weight file {path} does not exist")
-    dev = resolve_device(device)
-    state = torch.load(path, map_location=dev, weights_only=True)
+    state = read_state(path)
     try:
         net = network_from_state(state)
     except ValueError as exc:
@@ -166,8 +164,7 @@ def resolve_model(model_or_name, *, device="auto") -> nn.Module:
     if expected is not None and not isinstance(net, expected):
         raise ValueError(f"{path} holds a {type(net).__name__} but its card {card.name} says architecture "
                          f"{arch!r} ({expected.__name__})")
-    net.load_state_dict(state, strict=True)
-    return net.to(dev, memory_format=torch.channels_last).eval()
+    return load_state(net, state, device, f"weights in {path} do not fit {type(net).__name__}")
 
 
 def evaluate(model_or_name, *, n_images: int = 64, seed: int = EVAL_SEED, shape=(256, 256),

@@ -208,16 +208,25 @@ def load_model(name: str, *, device: str | torch.device = "auto",
             f"build_model({name!r}) for random weights"
         )
     model_card(name, weights_dir=weights_dir)
-    dev = resolve_device(device)
-    state = torch.load(path, map_location=dev, weights_only=True)
+    state = read_state(path)
+    model = CGRDN(_cgrdn_config_from_state(state)) if _spec(name).cgrdn else build_model(name, device="cpu")
+    return load_state(model, state, device, f"weights in {path} do not fit architecture {name!r}")
+
+
+def read_state(path: Path) -> dict:
+    """The ``state_dict`` of a weight file, on the CPU (``torch.load(weights_only=True)``); ValueError if the
+    file holds something else."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"{path} must hold a state_dict (dict of tensors), got {type(state).__name__}")
-    if _spec(name).cgrdn:
-        model = CGRDN(_cgrdn_config_from_state(state)).to(device=dev, memory_format=torch.channels_last)
-    else:
-        model = build_model(name, device=dev)
+    return state
+
+
+def load_state(model: nn.Module, state: dict, device, error: str) -> nn.Module:
+    """Load ``state`` strictly into ``model`` (ValueError ``error: ...`` if it does not fit), then move it to
+    ``device`` once, channels-last, in eval mode: the one loading path of registry names and weight files."""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"weights in {path} do not fit architecture {name!r}: {exc}") from exc
-    return model.eval()
+        raise ValueError(f"{error}: {exc}") from exc
+    return model.to(device=resolve_device(device), memory_format=torch.channels_last).eval()
