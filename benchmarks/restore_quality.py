@@ -143,7 +143,7 @@ def reference_table(clean, pos, scs, model) -> pd.DataFrame:
     """Noise-free fits, raw and restored: clean lattice and fast-scan PSF alone at ``SCAN_DWELLS``."""
     labels = ["clean"] + [f"PSF only, {t * 1e6:g} µs" for t in SCAN_DWELLS]
     imgs = np.stack([clean] + [psf_only(clean, t) for t in SCAN_DWELLS])
-    restored = np.stack([restore(i, model, device="cpu") for i in imgs])
+    restored = restore(imgs, model, device="cpu")  # a stack: each frame normalised on its own
     raw = fit_columns(imgs, pos, P, crlb=False, progress=False)
     res = fit_columns(restored, pos, P, crlb=False, progress=False)
     rows = []
@@ -166,7 +166,7 @@ def run_distortion(kind, clean, pos, scs, model, frames, rng) -> pd.DataFrame:
         noisy = distort_frames(clean, dose, kind, frames, rng)
         start = pos + rng.normal(0, 0.05, (frames, *pos.shape))
         t0 = time.perf_counter()
-        restored = np.stack([restore(f, model, device="cpu") for f in noisy])
+        restored = restore(noisy, model, device="cpu")  # a stack: each frame normalised on its own
         t_restore = time.perf_counter() - t0
         fits = (fit_columns(noisy, start, P, dose=dose, noise="poisson", crlb=False, progress=False),
                 fit_columns(noisy, start, P, noise="gaussian", crlb=False, progress=False),

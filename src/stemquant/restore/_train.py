@@ -9,6 +9,7 @@ NOISY input, the target mapped with the same affine transform). See ``docs/train
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -47,8 +48,10 @@ BASELINE_ARCHITECTURES = {
 # H, W of a training patch must be multiples of the network's down-sampling factor; the constructors'
 # defaults: Gambini 2 poolings, Mohan 6 scales (2**6), Katsuno ResNet-18 stride 32. Kept as constants so a
 # config can be validated without building (Mohan's default network has 7 M parameters).
-SIZE_MULTIPLES = {"lite": 2, "published": 2, "tiny": 2, "gambini": GambiniAutoencoder.size_multiple,
-                  "mohan": 2**6, "katsuno": ResNetUNet.size_multiple}
+SIZE_MULTIPLES = {"lite": CGRDN.size_multiple, "published": CGRDN.size_multiple, "tiny": CGRDN.size_multiple,
+                  "gambini": GambiniAutoencoder.size_multiple,
+                  "mohan": 2 ** inspect.signature(BiasFreeUNet).parameters["scales"].default,
+                  "katsuno": ResNetUNet.size_multiple}
 ARCHITECTURE_NAMES = {
     "lite": "CGRDN lite (CGRDNConfig.lite())",
     "published": "CGRDN published (CGRDNConfig.published())",
