@@ -295,9 +295,13 @@ def test_gambini_training_uses_the_cgrdn_data_and_exports_a_loadable_network(tmp
     l2 = LossWeights(l1=0, l2=1, mlwt=0, fourier=0, mean=0, std=0, adversarial=0)
     cfg = tiny(tmp_path, architecture="gambini", loss=l2, export=str(tmp_path / "w" / "gambini.pt"))
     trainer = Trainer(cfg)
+    trainer.setup()
+    # same seed -> the same initial network as a directly built one (torch.manual_seed(seed) first)
+    torch.manual_seed(cfg.seed)
+    assert same_weights(trainer.model, GambiniAutoencoder())
+    trainer = Trainer(cfg)
     net = trainer.fit(progress=False)
     assert isinstance(net, GambiniAutoencoder) and trainer.step == cfg.steps
-    # same seed -> the same initial network as a directly built one (torch.manual_seed(seed) first)
     torch.manual_seed(cfg.seed)
     assert not same_weights(net, GambiniAutoencoder())  # it was trained
     card = json.loads((tmp_path / "w" / "gambini.json").read_text())
