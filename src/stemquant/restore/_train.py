@@ -31,6 +31,7 @@ from ._baselines import BiasFreeUNet, GambiniAutoencoder, ResNetUNet
 from ._cgrdn import CGRDN, CGRDNConfig
 from ._discriminator import PatchDiscriminator
 from ._losses import LossWeights, discriminator_loss, generator_loss
+from ._registry import load_state, read_state
 
 ARCHITECTURES = {
     "lite": CGRDNConfig.lite,
@@ -406,12 +407,8 @@ class Trainer:
             path = Path(self.config.init_weights)
             if not path.is_file():
                 raise FileNotFoundError(f"init_weights: no weight file at {path}")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            try:
-                model.load_state_dict(state)
-            except (RuntimeError, TypeError) as exc:
-                raise ValueError(f"init_weights {path} does not fit architecture "
-                                 f"{self.config.architecture!r}: {exc}") from exc
+            load_state(model, read_state(path), "cpu",
+                       f"init_weights {path} does not fit architecture {self.config.architecture!r}")
         return model
 
     def setup(self) -> None:
