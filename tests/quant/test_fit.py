@@ -262,3 +262,65 @@ def test_newton_steps_reach_the_gauss_newton_optimum(noise, width, rng, monkeypa
     dx = np.abs(newton.positions - gn.positions) / cr[["x_crlb", "y_crlb"]].to_numpy()
     ds = np.abs(newton.scs - gn.scs) / cr["scs_crlb"].to_numpy()
     assert dx.max() < 0.03 and ds.max() < 0.03
+
+
+def _dense_crlb(pos, rho, eta, bg, shape, dose, noise, sigma, width, bg_free, types):
+    """Reference: dense full-image Jacobian (no windows) and a dense inverse of the Fisher matrix."""
+    yy, xx = (np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5) * P
+    n = len(pos)
+    cols, f = [], np.full(shape, float(bg))
+    drho = []
+    for (x, y), r, e in zip(pos, rho, eta, strict=True):
+        g = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * r**2))
+        f = f + e * g
+        cols += [e * g * (xx - x) / r**2, e * g * (yy - y) / r**2, g]
+        d = e * g * ((xx - x) ** 2 + (yy - y) ** 2) / r**3
+        if width == "individual":
+            cols.append(d)
+        drho.append(d)
+    kl = 4 if width == "individual" else 3
+    if width == "common":
+        cols += [sum(d for d, t in zip(drho, types, strict=True) if t == k) for k in range(types.max() + 1)]
+    if bg_free:
+        cols.append(np.ones(shape))
+    J = np.stack([c.ravel() for c in cols], 1) * (dose * P * P if dose else 1.0)
+    w = 1.0 / (f.ravel() * dose * P * P) if noise == "poisson" else np.full(f.size, 1.0 / (sigma * dose * P * P) ** 2)
+    F = J.T @ (J * w[:, None])
+    known = np.diag(F) > 1e-14 * np.diag(F).max()
+    cov = np.full(F.shape, 0.0)
+    cov[np.ix_(known, known)] = np.linalg.inv(F[np.ix_(known, known)])
+    cov[~known, ~known] = np.inf
+    base = np.arange(n) * kl
+    g = np.zeros((n, len(F)))
+    g[np.arange(n), base + 2] = 2 * np.pi * rho**2
+    if width == "individual":
+        g[np.arange(n), base + 3] = 4 * np.pi * eta * rho
+    elif width == "common":
+        g[np.arange(n), n * kl + types] = 4 * np.pi * eta * rho
+    with np.errstate(invalid="ignore"):
+        scs = np.sqrt(np.einsum("ij,jk,ik->i", g, np.where(np.isinf(cov), 0, cov), g))
+    return np.sqrt(cov[base, base]), np.sqrt(cov[base + 1, base + 1]), scs
+
+
+@pytest.mark.parametrize("width, bg_free, noise", [("individual", True, "poisson"), ("common", True, "poisson"),
+                                                   ("common", False, "gaussian"), ("fixed", True, "poisson"),
+                                                   ("fixed", False, "poisson")])
+def test_crlb_selected_inversion_matches_dense_inverse(width, bg_free, noise):
+    """The block-tridiagonal selected inversion (several slabs, two column types, a column without information)
+    gives the bounds of a dense inverse of the full-image Fisher matrix."""
+    rng = np.random.default_rng(3)
+    g = 2.0 + 2.0 * np.arange(9)
+    X, Y = np.meshgrid(g, g[:7])
+    pos = np.c_[X.ravel(), Y.ravel()] + rng.normal(0, 0.1, (63, 2))
+    shape = (90, 110)
+    types = (np.arange(63) % 3 == 0).astype(int)
+    rho = np.where(types == 1, 0.5, 0.42) * (1 + (width == "individual") * rng.uniform(-0.1, 0.1, 63))
+    eta = rng.uniform(0.03, 0.08, 63)
+    eta[10] = 0.0  # no information on its position: infinite x/y bound, as a dense inverse without it
+    dose, sigma = 2e4, 0.002
+    t = column_crlb(pos, rho, eta, 0.005, shape, P, dose, noise=noise, noise_sigma=sigma, width=width,
+                    background_free=bg_free, types=types)
+    ref = _dense_crlb(pos, rho, eta, 0.005, shape, dose, noise, sigma, width, bg_free, types)
+    for name, r in zip(("x_crlb", "y_crlb", "scs_crlb"), ref, strict=True):
+        np.testing.assert_allclose(t[name], r, rtol=1e-6, err_msg=name)
+    assert np.isinf(t.loc[10, "x_crlb"]) and np.isfinite(t.loc[10, "scs_crlb"])

@@ -8,8 +8,11 @@ For Gaussian noise of standard deviation σ, F = JᵀJ/σ².
 The parameter vector Θ is that of the fit being assessed: (x_n, y_n, η_n) for every column, plus ρ_n per column
 (``width="individual"``, the Θ of eq. 2.19) or one ρ per column type (``"common"``) or none (``"fixed"``), plus the
 background ζ unless it is fixed. Sharing parameters lowers the bound: compare a fit with the bound of the same
-parametrisation. F is assembled as a sparse matrix from the local derivative windows and inverted densely
-(fine up to a few thousand columns: 2,000 columns with common width is a 6,002² matrix).
+parametrisation. F is assembled block by block from separable window moments (``_fisher_blocks``) and only the
+blocks of F⁻¹ that the bounds need are computed, by block-tridiagonal selected inversion over slabs of columns
+(``_selected_covariance``): cost linear in the image length and cubic only in the size of one slab, where the dense
+inverse of earlier versions was cubic in the number of columns (19.6 s for 2,000 columns against ~0.5 s now).
+The derivative windows are truncated at ``truncation`` = 5 widths (neglected tail ≤ exp(-12.5) of the peak).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import math
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
 from stemquant._validate import check_dose, check_pixel_size, check_positions, check_positive
@@ -112,105 +114,306 @@ def column_crlb(
 
 
 def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, width, background_free, types,
-                    truncation: float = 5.0) -> dict[str, np.ndarray]:
-    """CRLB of a batch of frames; arrays in Å and image units with a leading frame axis. See ``column_crlb``."""
+                    truncation: float = 5.0, device="cpu") -> dict[str, np.ndarray]:
+    """CRLB of a batch of frames; arrays in Å and image units with a leading frame axis. See ``column_crlb``.
+
+    Frames are processed one after the other (each has its own column positions, hence its own coupling
+    pattern); within a frame everything is vectorised and runs on ``device``.
+    """
     B, N, _ = pos.shape
+    dev = torch.device(device)
     scale = dose * p * p if dose is not None else 1.0
-    c = torch.as_tensor(pos / p - 0.5, dtype=torch.float64)
-    r = torch.as_tensor(rho / p, dtype=torch.float64)
-    e = torch.as_tensor(eta * scale, dtype=torch.float64)
-    h = max(2, int(math.ceil(truncation * float(r.max()))))
-    geom = M.make_geometry(c[..., 0], c[..., 1], h, shape)
-    prof = M.profiles(geom, c[..., 0], c[..., 1], r)
-    gx, gxd, gxdd = prof.vx.unbind(-2)
-    gy, gyd, gydd = prof.vy.unbind(-2)
-    a = (e / (r * r))[..., None, None]
-    b = (e / (r * r * r))[..., None, None]
-    outer = lambda u, v: u[..., :, None] * v[..., None, :]  # noqa: E731
-    derivs = [a * outer(gy, gxd), a * outer(gyd, gx), outer(gy, gx), b * (outer(gy, gxdd) + outer(gydd, gx))]
-    n_free = 4 if width == "individual" else 3
-    derivs = torch.stack(derivs[:n_free], dim=-1).numpy()  # (B, N, P, P, k)
-    model = (e[..., None, None] * outer(gy, gx)).numpy()
-    Hp, Wp = geom.padded_shape
-    index = (geom.index - torch.arange(B).view(B, 1, 1, 1) * Hp * Wp).numpy()  # per-frame flat index
-    mask = np.zeros((Hp, Wp))
-    mask[h : h + shape[0], h : h + shape[1]] = 1.0
-    mask = mask.ravel()
+    f64 = dict(dtype=torch.float64, device=dev)
+    c_all = torch.as_tensor(pos / p - 0.5, **f64)
+    r_all = torch.as_tensor(rho / p, **f64)
+    e_all = torch.as_tensor(eta * scale, **f64)
+    h = max(2, int(math.ceil(truncation * float(r_all.max()))))
     n_types = int(types.max()) + 1
+    t_col = torch.as_tensor(types, dtype=torch.long, device=dev)
     out = {k: np.empty((B, N)) for k in ("x_crlb", "y_crlb", "scs_crlb")}
     for f in range(B):
-        cols_idx = []
-        vals = []
-        rows = []
-        P2 = index.shape[-1] ** 2
-        for k in range(n_free):
-            rows.append(index[f].reshape(N, P2))
-            cols_idx.append(np.repeat(np.arange(N) * n_free + k, P2).reshape(N, P2))
-            vals.append(derivs[f, ..., k].reshape(N, P2))
-        K = N * n_free
-        extra_rows, extra_cols, extra_vals = [], [], []
-        if width == "common":  # ∂f/∂ρ_t = Σ_{n in t} ∂f_n/∂ρ_n
-            dr = (b[f] * (outer(gy[f], gxdd[f]) + outer(gydd[f], gx[f]))).numpy().reshape(N, P2)
-            extra_rows.append(index[f].reshape(N, P2))
-            extra_cols.append(np.repeat(K + types, P2).reshape(N, P2))
-            extra_vals.append(dr)
-            K += n_types
-        lam = np.full(Hp * Wp, zeta[f] * scale)
-        np.add.at(lam, index[f].ravel(), model[f].ravel())
-        if background_free:
-            extra_rows.append(np.arange(Hp * Wp)[None])
-            extra_cols.append(np.full((1, Hp * Wp), K))
-            extra_vals.append(np.ones((1, Hp * Wp)))
-            K += 1
-        R = np.concatenate([a.ravel() for a in rows + extra_rows])
-        C = np.concatenate([a.ravel() for a in cols_idx + extra_cols])
-        V = np.concatenate([a.ravel() for a in vals + extra_vals])
-        J = sp.csr_matrix((V, (R, C)), shape=(Hp * Wp, K))
+        c, r, e = c_all[f], r_all[f], e_all[f]
+        geom = M.make_geometry(c[None, :, 0], c[None, :, 1], h, shape)
+        prof = M.profiles(geom, c[None, :, 0], c[None, :, 1], r[None])
+        # weights of the Fisher information (eq. 2.27) on the padded image: 1/λ (Poisson) or 1/σ² (Gaussian)
+        mask = torch.nn.functional.pad(torch.ones(shape, **f64), (h, h, h, h)).reshape(-1)
         if noise == "poisson":
-            if np.any(lam[mask > 0] <= 0):
+            lam = M.render(geom, prof, e[None], torch.tensor([float(zeta[f]) * scale], **f64), mask)
+            real = mask > 0
+            if bool((lam[real] <= 0).any()):
                 raise ValueError("the model image has non-positive intensity: the Poisson CRLB needs λ > 0 "
                                  "everywhere (give a positive background)")
-            w = mask / np.where(mask > 0, lam, 1.0)
+            w = torch.where(real, 1.0 / torch.where(real, lam, 1.0), 0.0)
         else:
             w = mask / (float(noise_sigma[f]) * scale) ** 2
-        F = (J.T @ sp.diags(w) @ J).toarray()
-        cov = _inverse_fisher(F)
-        d = np.diag(cov)
-        base = np.arange(N) * n_free
-        out["x_crlb"][f] = np.sqrt(d[base]) * p
-        out["y_crlb"][f] = np.sqrt(d[base + 1]) * p
-        # SCS = 2π η ρ² (data units, px) -> gradient wrt (η_n, ρ)
-        ge = 2 * np.pi * r[f].numpy() ** 2
-        gr = 4 * np.pi * e[f].numpy() * r[f].numpy()
-        ie = base + 2
-        if width == "individual":
-            ir = base + 3
-        elif width == "common":
-            ir = N * n_free + types
-        else:
-            ir = None
-        var = ge**2 * cov[ie, ie]
-        if ir is not None:
-            var = var + 2 * ge * gr * cov[ie, ir] + gr**2 * cov[ir, ir]
-        out["scs_crlb"][f] = np.sqrt(var) * p * p / scale
+        pm, pn = _overlapping_pairs(geom)
+        Fp, Fz = _fisher_blocks(geom, prof, c, r, e, w, pm, pn)
+        var = _selected_covariance(Fp, Fz, float(w.sum()), pm, pn, geom, width, background_free, t_col, n_types)
+        vx, vy, ve, ver, vr = (v.cpu().numpy() for v in var)
+        out["x_crlb"][f] = np.sqrt(vx) * p
+        out["y_crlb"][f] = np.sqrt(vy) * p
+        # SCS = 2π η ρ² (data units, px) -> gradient wrt (η_n, ρ): ∂/∂η = 2πρ², ∂/∂ρ = 4πηρ (eqs. 2.28–2.29)
+        rn, en = r.cpu().numpy(), e.cpu().numpy()
+        ge, gr = 2 * np.pi * rn**2, 4 * np.pi * en * rn
+        v_scs = ge**2 * ve
+        if width != "fixed":  # a zero-height column's width carries no information and does not enter its SCS
+            with np.errstate(invalid="ignore"):
+                v_scs = v_scs + np.where(gr != 0, 2 * ge * gr * ver + gr**2 * vr, 0.0)
+        out["scs_crlb"][f] = np.sqrt(v_scs) * p * p / scale
     return out
 
 
-def _inverse_fisher(F: np.ndarray) -> np.ndarray:
-    """F⁻¹ via Cholesky of the Jacobi-scaled matrix (scaling removes the huge spread of parameter units).
+def _overlapping_pairs(geom: M.PatchGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """Unordered pairs (m <= n, including m = n) of columns whose windows overlap: the non-zero blocks of F."""
+    from scipy.spatial import cKDTree
 
-    A parameter with no information at all (e.g. the position of a column of zero height) gets infinite variance
-    and no covariance with the others; the rest of F is inverted without it.
+    ij = np.stack((geom.i0[0].cpu().numpy(), geom.j0[0].cpu().numpy()), -1).astype(float)
+    n = len(ij)
+    pairs = cKDTree(ij).query_pairs(2 * geom.h + 0.5, p=np.inf, output_type="ndarray").reshape(-1, 2)
+    pm = np.concatenate((np.arange(n), pairs.min(1)))
+    pn = np.concatenate((np.arange(n), pairs.max(1)))
+    return pm, pn
+
+
+# Derivative of column n with respect to its (c_x, c_y, η, ρ) as a sum of the separable terms
+# (g_y d_y^s) ⊗ (g_x d_x^t), s, t = 0..2, scaled by (a, a, 1, b) with a = η/ρ², b = η/ρ³ (ρ-derivative: d_x² + d_y²).
+# _PAIR_MAP sums the pair moments mom[s, s', t, t'] (flattened) of the terms of parameter i of m and j of n into the
+# unscaled block entry (i, j): one small matmul instead of a general contraction.
+_TERMS = {M.CX: [(0, 1)], M.CY: [(1, 0)], M.ETA: [(0, 0)], M.RHO: [(0, 2), (2, 0)]}
+_PAIR_MAP = torch.zeros(16, 81, dtype=torch.float64)
+_SELF_MAP = torch.zeros(4, 9, dtype=torch.float64)
+for _i, _ti in _TERMS.items():
+    for _s, _t in _ti:
+        _SELF_MAP[_i, 3 * _s + _t] += 1.0
+        for _j, _tj in _TERMS.items():
+            for _u, _v in _tj:
+                _PAIR_MAP[4 * _i + _j, 27 * _s + 9 * _u + 3 * _t + _v] += 1.0
+
+
+def _fisher_blocks(geom, prof, c, r, e, w, pm, pn) -> tuple[torch.Tensor, torch.Tensor]:
+    """4×4 Fisher blocks F[(m, ·), (n, ·)] of every overlapping pair and the background column F[(n, ·), ζ].
+
+    Why hand-written: every derivative window is a sum of separable products (g_y d_y^s) ⊗ (g_x d_x^t), so a pair
+    block is a contraction of 9×9 "pair moments" Σ_ab w_ab Y_a X_b over the window of m, with the profiles of n
+    evaluated on m's pixels (and cut to n's own window, so F is exactly JᵀWJ of the truncated model). The pairs of
+    one column are batched against its gathered weight window in one (P×P)·(P×9D) product: no per-pair copy of
+    the window and no sparse pixel-by-parameter Jacobian (the previous scipy assembly was ~3x slower).
     """
-    d = np.diag(F).copy()
-    known = d > 1e-14 * d.max()
-    cov = np.zeros_like(F)
-    cov[~known, ~known] = np.inf
-    s = 1.0 / np.sqrt(d[known])
-    Fs = F[np.ix_(known, known)] * s[:, None] * s[None, :]
-    L, info = torch.linalg.cholesky_ex(torch.from_numpy(Fs))
-    if int(info) != 0:
-        raise ValueError("the Fisher information is singular: two columns coincide or a column has zero "
-                         "height; remove it before computing the CRLB")
-    cov[np.ix_(known, known)] = torch.cholesky_inverse(L).numpy() * s[:, None] * s[None, :]
-    return cov
+    N = c.shape[0]
+    dev = c.device
+    coef = M.coefficients(e, r)  # (N, 4): a, a, 1, b
+    # partner table: row m lists every n >= m whose window overlaps m's, padded with -1
+    order = np.argsort(pm, kind="stable")
+    pm_s, pn_s = pm[order], pn[order]
+    deg = np.bincount(pm_s, minlength=N)
+    D = int(deg.max())
+    slot = np.arange(len(pm_s)) - np.repeat(np.cumsum(deg) - deg, deg)
+    partner = np.full((N, D), -1)
+    partner[pm_s, slot] = pn_s
+    valid = torch.as_tensor(partner >= 0, device=dev)
+    nb = torch.as_tensor(np.where(partner >= 0, partner, 0), device=dev)
+
+    P = 2 * geom.h + 1
+    rows, cols = geom.rows[0], geom.cols[0]  # (N, P) pixel centres of m's window
+    i0n, j0n = geom.i0[0][nb], geom.j0[0][nb]  # (N, D)
+
+    def partner_profiles(coord, centre, start):
+        d = coord[:, None, :] - centre[..., None]  # (N, D, P)
+        inside = (coord[:, None, :] >= start[..., None]) & (coord[:, None, :] <= (start + 2 * geom.h)[..., None])
+        g = torch.exp(-d * d * (0.5 / (r[nb] ** 2))[..., None]) * (inside & valid[..., None])
+        gd = g * d
+        return torch.stack((g, gd, gd * d), dim=-2)  # (N, D, 3, P)
+
+    Yn = partner_profiles(rows, c[nb, 1], i0n)
+    Xn = partner_profiles(cols, c[nb, 0], j0n)
+    Ym, Xm = prof.vy[0], prof.vx[0]  # (N, 3, P)
+    Ycomb = (Ym[:, None, :, None, :] * Yn[:, :, None, :, :]).reshape(N, D, 9, P)  # [s, s'] of (m, n)
+    Xcomb = (Xm[:, None, :, None, :] * Xn[:, :, None, :, :]).reshape(N, D, 9, P)  # [t, t']
+    Wm = M.gather_patches(w, geom)[0]  # (N, P, P) rows y, cols x
+    T = Wm @ Xcomb.reshape(N, D * 9, P).transpose(1, 2)  # (N, P, 9D)
+    T = T.view(N, P, D, 9).permute(0, 2, 1, 3)  # (N, D, P, 9)
+    mom = (Ycomb @ T).view(N, D, 81)  # [s, s', t, t'] flattened
+    Fp = (mom @ _PAIR_MAP.to(dev).T).view(N, D, 4, 4) * coef[:, None, :, None] * coef[nb][:, :, None, :]
+    Fp = Fp[valid]  # (E, 4, 4) in the order of (pm_s, pn_s)
+    mz = (Ym @ Wm) @ Xm.transpose(1, 2)  # (N, 3, 3) moments of the weights: Σ w · (each derivative term)
+    Fz = (mz.reshape(N, 9) @ _SELF_MAP.to(dev).T) * coef  # (N, 4)
+    pm[:], pn[:] = pm_s, pn_s  # callers index Fp with the pairs in this order
+    return Fp, Fz
+
+
+def _slabs(geom: M.PatchGeometry) -> np.ndarray:
+    """Slab index of every column such that only columns of the same or of adjacent slabs have overlapping
+    windows (so F restricted to the columns is block tridiagonal).
+
+    Level sets of a breadth-first sweep along one image axis: slab 0 holds the columns at the smallest window
+    origin, slab k+1 every remaining column whose origin is within 2h pixels of the largest origin in slab k. A
+    column of slab k+2 is then more than 2h pixels beyond every column of slab k, so their (2h+1)-pixel windows
+    cannot overlap. On a lattice this gives slabs of 2 rows where fixed-width bands of 2h would hold 3. The axis
+    with the cheaper factorisation (Σ n_k³) is used.
+    """
+    best = None
+    for origin in (geom.i0[0].cpu().numpy(), geom.j0[0].cpu().numpy()):
+        values = np.unique(origin)
+        level = np.empty(len(values), dtype=np.int64)
+        k, reach, last = 0, values[0], values[0]
+        for idx, v in enumerate(values):  # one pass over the distinct origins: negligible next to the algebra
+            if v > reach:
+                k, reach = k + 1, last + 2 * geom.h
+            level[idx] = k
+            last = v
+        slab = level[np.searchsorted(values, origin)]
+        cost = float((np.bincount(slab).astype(float) ** 3).sum())
+        if best is None or cost < best[0]:
+            best = (cost, slab)
+    return best[1]
+
+
+def _selected_covariance(Fp, Fz, Fzz, pm, pn, geom, width, background_free, t_col, n_types):
+    """Per-column variances from the inverse Fisher matrix, without forming the inverse.
+
+    Parameters are ordered slab by slab (:func:`_slabs`), so the columns' part A of F is block tridiagonal; the
+    shared parameters (one width per type, background) form a small dense border. With the block Cholesky
+    factor L of A, the blocks of A⁻¹ on the diagonal follow from the backward recursion of selected inversion
+    (Σ_k = (L_k L_kᵀ)⁻¹ + U_k Σ_{k+1} U_kᵀ, U_k = L_k⁻ᵀ L_{k+1,k}ᵀ, derived from Lᵀ A⁻¹ = L⁻¹), and the border
+    enters through its Schur complement S = C − Bᵀ A⁻¹ B: cov = [[A⁻¹ + Z S⁻¹ Zᵀ, −Z S⁻¹], [·, S⁻¹]], Z = A⁻¹B.
+    Cost O(Σ n_k³) instead of O((4N)³) for the dense inverse; exact (tests compare with a dense inverse).
+    Like the dense code before it, F is Jacobi-scaled first, and a parameter without information gets an
+    infinite variance and no covariance with the others.
+
+    Returns (var x, var y, var η, cov(η, ρ), var ρ) per column (zeros for ρ when widths are fixed).
+    """
+    dev, dt = Fp.device, Fp.dtype
+    N = Fz.shape[0]
+    kl = 4 if width == "individual" else 3
+    common = width == "common"
+    ng = (n_types if common else 0) + (1 if background_free else 0)
+    zi = n_types if common else 0  # index of ζ among the shared parameters
+    pm_t, pn_t = torch.as_tensor(pm, device=dev), torch.as_tensor(pn, device=dev)
+    same = pm_t == pn_t
+    # ---- shared-parameter border B (N, kl, ng) and C (ng, ng) --------------------------------------------------
+    Bb = torch.zeros(N, kl, max(ng, 1), dtype=dt, device=dev)
+    Cg = torch.zeros(max(ng, 1), max(ng, 1), dtype=dt, device=dev)
+    if common:
+        tm, tn = t_col[pm_t], t_col[pn_t]
+        Bb[:, :3].index_put_((pm_t[:, None], torch.arange(3, device=dev), tn[:, None]), Fp[:, :3, M.RHO],
+                             accumulate=True)
+        o = ~same
+        Bb[:, :3].index_put_((pn_t[o][:, None], torch.arange(3, device=dev), tm[o][:, None]), Fp[o, M.RHO, :3],
+                             accumulate=True)
+        Cg.index_put_((tm, tn), Fp[:, M.RHO, M.RHO], accumulate=True)
+        Cg.index_put_((tn[o], tm[o]), Fp[o, M.RHO, M.RHO], accumulate=True)
+    if background_free:
+        Bb[:, :, zi] = Fz[:, :kl]
+        if common:
+            Cg[:n_types, zi].index_add_(0, t_col, Fz[:, M.RHO])
+            Cg[zi, :n_types] = Cg[:n_types, zi]
+        Cg[zi, zi] = Fzz
+    Fl = Fp[:, :kl, :kl]
+    # ---- Jacobi scaling; parameters without information are decoupled --------------------------------------
+    diag_l = torch.diagonal(Fl[same], dim1=-2, dim2=-1)  # (N, kl), pairs (m, m) come first in column order
+    diag_l = torch.zeros(N, kl, dtype=dt, device=dev).index_copy_(0, pm_t[same], diag_l)
+    diag_g = torch.diagonal(Cg)[:ng]
+    dmax = torch.cat((diag_l.reshape(-1), diag_g)).max()
+    known_l, known_g = diag_l > 1e-14 * dmax, diag_g > 1e-14 * dmax
+    s_l = torch.where(known_l, diag_l.clamp_min(1e-300).rsqrt(), 0.0)
+    s_g = torch.where(known_g, diag_g.clamp_min(1e-300).rsqrt(), 0.0)
+    Fl = Fl * s_l[pm_t][:, :, None] * s_l[pn_t][:, None, :]
+    Bb = Bb[..., :ng] * s_l[..., None] * s_g
+    Cg = Cg[:ng, :ng] * s_g[:, None] * s_g + torch.diag((~known_g).to(dt))
+    # ---- block-tridiagonal assembly of A ------------------------------------------------------------------------
+    slab = _slabs(geom)
+    K = int(slab.max()) + 1
+    order = np.lexsort((np.arange(N), slab))  # columns slab by slab
+    pos_in = np.empty(N, dtype=np.int64)
+    counts = np.bincount(slab, minlength=K)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    pos_in[order] = np.arange(N) - np.repeat(starts, counts)
+    n_k = counts * kl
+    sm, sn = slab[pm], slab[pn]
+    if np.any(np.abs(sm - sn) > 1):
+        raise RuntimeError("internal error: overlapping windows in non-adjacent slabs")
+    # flat buffer: diagonal blocks D_k (n_k × n_k) then sub-diagonal blocks S_k (n_{k+1} × n_k)
+    d_base = np.concatenate(([0], np.cumsum(n_k * n_k)[:-1]))
+    s_sizes = n_k[1:] * n_k[:-1]
+    s_base = int((n_k * n_k).sum()) + np.concatenate(([0], np.cumsum(s_sizes)[:-1])).astype(np.int64)
+    buf = torch.zeros(int((n_k * n_k).sum() + s_sizes.sum()), dtype=dt, device=dev)
+    rr = np.arange(kl)
+    om = (pos_in[pm] * kl)[:, None, None] + rr[None, :, None]  # row of (m, r) inside its slab, (E, kl, 1)
+    on = (pos_in[pn] * kl)[:, None, None] + rr[None, None, :]  # column of (n, q), (E, 1, kl)
+    idx = np.empty((len(pm), kl, kl), dtype=np.int64)
+    eq, up, down = sm == sn, sn == sm + 1, sn == sm - 1
+    idx[eq] = (d_base[sm] + 0)[eq, None, None] + om[eq] * n_k[sm][eq, None, None] + on[eq]
+    idx[up] = s_base[sm[up], None, None] + on[up] * n_k[sm[up]][:, None, None] + om[up]  # S_k[(n,q), (m,r)]
+    idx[down] = s_base[sn[down], None, None] + om[down] * n_k[sn[down]][:, None, None] + on[down]
+    buf.index_add_(0, torch.as_tensor(idx.reshape(-1), device=dev), Fl.reshape(-1))
+    o = eq & (pm != pn)  # the mirrored half of off-diagonal blocks within a slab
+    on_t, om_t = on[o].transpose(0, 2, 1), om[o].transpose(0, 2, 1)
+    idx_t = d_base[sm[o], None, None] + on_t * n_k[sm[o]][:, None, None] + om_t
+    Fl_t = Fl[torch.as_tensor(o, device=dev)].transpose(1, 2)
+    buf.index_add_(0, torch.as_tensor(idx_t.reshape(-1), device=dev), Fl_t.reshape(-1))
+    Dk = [buf[d_base[k]: d_base[k] + n_k[k] ** 2].view(int(n_k[k]), int(n_k[k])) for k in range(K)]
+    Sk = [buf[s_base[k]: s_base[k] + s_sizes[k]].view(int(n_k[k + 1]), int(n_k[k])) for k in range(K - 1)]
+    # per-slab parameter order: column-major within the slab, (x, y, η[, ρ]) per column
+    slab_cols = [torch.as_tensor(order[starts[k]: starts[k] + counts[k]], device=dev) for k in range(K)]
+    Bk = [Bb[sc].reshape(len(sc) * kl, ng) for sc in slab_cols]
+    unknown = [(~known_l[sc]).reshape(-1) for sc in slab_cols]
+    # ---- block Cholesky A = L Lᵀ -------------------------------------------------------------------------------------
+    L, Lsub = [], []
+    for k in range(K):
+        A = Dk[k] + torch.diag(unknown[k].to(dt))
+        if k:
+            A = A - Lsub[-1] @ Lsub[-1].T
+        Lk, info = torch.linalg.cholesky_ex(A)
+        if int(info):
+            raise ValueError("the Fisher information is singular: two columns coincide or a column has zero "
+                             "height; remove it before computing the CRLB")
+        L.append(Lk)
+        if k < K - 1:  # L_{k+1,k} = S_k L_k⁻ᵀ
+            Lsub.append(torch.linalg.solve_triangular(Lk, Sk[k].T, upper=False).T)
+    # ---- border: Z = A⁻¹ B by block forward/back substitution, Schur complement S = C − BᵀZ --------------------
+    Z = [None] * K
+    if ng:
+        y = []
+        for k in range(K):
+            rhs = Bk[k] if k == 0 else Bk[k] - Lsub[k - 1] @ y[-1]
+            y.append(torch.linalg.solve_triangular(L[k], rhs, upper=False))
+        for k in reversed(range(K)):
+            rhs = y[k] if k == K - 1 else y[k] - Lsub[k].T @ Z[k + 1]
+            Z[k] = torch.linalg.solve_triangular(L[k].T, rhs, upper=True)
+        S = Cg - sum(Bk[k].T @ Z[k] for k in range(K))
+        Ls, info = torch.linalg.cholesky_ex(S)
+        if int(info):
+            raise ValueError("the Fisher information is singular (shared width or background not determined)")
+        S_inv = torch.cholesky_inverse(Ls)
+    # ---- selected inversion: diagonal blocks of A⁻¹, last slab first ------------------------------------------
+    cov_col = torch.empty(N, kl, kl, dtype=dt, device=dev)
+    cross = torch.zeros(N, kl, max(ng, 1), dtype=dt, device=dev)  # cov((n, ·), shared)
+    Sigma = None
+    for k in reversed(range(K)):
+        Sigma_k = torch.cholesky_inverse(L[k])
+        if k < K - 1:
+            U = torch.linalg.solve_triangular(L[k].T, Lsub[k].T, upper=True)  # L_k⁻ᵀ L_{k+1,k}ᵀ
+            Sigma_k = Sigma_k + U @ Sigma @ U.T
+        Sigma = Sigma_k
+        nc = int(counts[k])
+        blocks = Sigma.view(nc, kl, nc, kl).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (nc, kl, kl)
+        if ng:
+            ZS = Z[k] @ S_inv  # (n_k, ng)
+            zc = Z[k].view(nc, kl, ng)
+            blocks = blocks + zc @ S_inv @ zc.transpose(1, 2)
+            cross[slab_cols[k], :, :ng] = -ZS.view(nc, kl, ng)
+        cov_col[slab_cols[k]] = blocks
+    # ---- undo the scaling --------------------------------------------------------------------------------------------
+    cov_col = cov_col * s_l[:, :, None] * s_l[:, None, :]
+    inf = torch.tensor(float("inf"), dtype=dt, device=dev)
+    var = torch.where(known_l, torch.diagonal(cov_col, dim1=-2, dim2=-1), inf)  # (N, kl)
+    zero = torch.zeros(N, dtype=dt, device=dev)
+    if width == "individual":
+        return var[:, 0], var[:, 1], var[:, 2], cov_col[:, M.ETA, M.RHO], var[:, 3]
+    if common:
+        t = t_col
+        s_rho = s_g[t]
+        v_rho = torch.where(known_g[t], torch.diagonal(S_inv)[t] * s_rho * s_rho, inf)
+        c_er = cross[torch.arange(N, device=dev), M.ETA, t] * s_l[:, M.ETA] * s_rho
+        return var[:, 0], var[:, 1], var[:, 2], c_er, v_rho
+    return var[:, 0], var[:, 1], var[:, 2], zero, zero
