@@ -324,3 +324,31 @@ def test_crlb_selected_inversion_matches_dense_inverse(width, bg_free, noise):
     for name, r in zip(("x_crlb", "y_crlb", "scs_crlb"), ref, strict=True):
         np.testing.assert_allclose(t[name], r, rtol=1e-6, err_msg=name)
     assert np.isinf(t.loc[10, "x_crlb"]) and np.isfinite(t.loc[10, "scs_crlb"])
+
+
+def test_fit_without_a_valid_crlb_keeps_the_fit_and_warns():
+    """A fitted model whose Poisson bound does not exist (a least-squares fit with the background fixed at 0: zero
+    intensity far from the columns) gives NaN bounds and a warning, not an exception that loses the fit;
+    column_crlb still raises."""
+    pos, _ = lattice(2, margin=2.0)
+    shape = (60, 60)  # pixels beyond every column's 5-width window have λ = 0
+    img = gaussian_image(pos, 0.45, 0.05, 0.0, shape)
+    with pytest.warns(UserWarning, match="no CRLB"):
+        fit = fit_columns(img, pos, P, dose=1e4, noise="gaussian", background=0.0)
+    assert fit.table[["x_crlb", "y_crlb", "scs_crlb"]].isna().all().all()
+    np.testing.assert_allclose(fit.positions, pos, atol=1e-4)
+    with pytest.raises(ValueError, match="non-positive intensity"):
+        column_crlb(pos, 0.45, 0.05, 0.0, shape, P, 1e4)
+
+
+def test_unconverged_fit_warns(rng):
+    """Least squares at < 1 count per pixel diverges (flagged, with a hint to use Poisson ML)."""
+    g = 1.96 * (np.arange(6) + 1)
+    X, Y = np.meshgrid(g, g)
+    pos = np.c_[X.ravel(), Y.ravel()]
+    p, dose = 0.14, 200.0
+    img = gaussian_image(pos, 0.40, 0.05, 0.005, (98, 98), p=p)
+    counts = np.random.default_rng(0).poisson(img * dose * p * p)
+    with pytest.warns(UserWarning, match="did not converge.*noise='poisson'"):
+        fit = fit_columns(counts / (dose * p * p), pos, p, dose=dose, noise="gaussian", crlb=False)
+    assert not fit.converged.all()

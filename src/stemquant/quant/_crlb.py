@@ -114,11 +114,13 @@ def column_crlb(
 
 
 def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, width, background_free, types,
-                    truncation: float = 5.0, device="cpu") -> dict[str, np.ndarray]:
+                    truncation: float = 5.0, device="cpu", invalid: str = "raise") -> dict[str, np.ndarray]:
     """CRLB of a batch of frames; arrays in Å and image units with a leading frame axis. See ``column_crlb``.
 
     Frames are processed one after the other (each has its own column positions, hence its own coupling
-    pattern); within a frame everything is vectorised and runs on ``device``.
+    pattern); within a frame everything is vectorised and runs on ``device``. ``invalid="nan"`` gives a frame
+    whose model has no bound (non-positive Poisson intensity, singular Fisher matrix — e.g. a diverged fit) NaN
+    bounds instead of raising; ``fit_columns`` uses it so that such a frame does not cost the whole fit.
     """
     B, N, _ = pos.shape
     dev = torch.device(device)
@@ -132,35 +134,50 @@ def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, 
     t_col = torch.as_tensor(types, dtype=torch.long, device=dev)
     out = {k: np.empty((B, N)) for k in ("x_crlb", "y_crlb", "scs_crlb")}
     for f in range(B):
-        c, r, e = c_all[f], r_all[f], e_all[f]
-        geom = M.make_geometry(c[None, :, 0], c[None, :, 1], h, shape)
-        prof = M.profiles(geom, c[None, :, 0], c[None, :, 1], r[None])
-        # weights of the Fisher information (eq. 2.27) on the padded image: 1/λ (Poisson) or 1/σ² (Gaussian)
-        mask = torch.nn.functional.pad(torch.ones(shape, **f64), (h, h, h, h)).reshape(-1)
-        if noise == "poisson":
-            lam = M.render(geom, prof, e[None], torch.tensor([float(zeta[f]) * scale], **f64), mask)
-            real = mask > 0
-            if bool((lam[real] <= 0).any()):
-                raise ValueError("the model image has non-positive intensity: the Poisson CRLB needs λ > 0 "
-                                 "everywhere (give a positive background)")
-            w = torch.where(real, 1.0 / torch.where(real, lam, 1.0), 0.0)
-        else:
-            w = mask / (float(noise_sigma[f]) * scale) ** 2
-        pm, pn = _overlapping_pairs(geom)
-        Fp, Fz = _fisher_blocks(geom, prof, c, r, e, w, pm, pn)
-        var = _selected_covariance(Fp, Fz, float(w.sum()), pm, pn, geom, width, background_free, t_col, n_types)
-        vx, vy, ve, ver, vr = (v.cpu().numpy() for v in var)
-        out["x_crlb"][f] = np.sqrt(vx) * p
-        out["y_crlb"][f] = np.sqrt(vy) * p
-        # SCS = 2π η ρ² (data units, px) -> gradient wrt (η_n, ρ): ∂/∂η = 2πρ², ∂/∂ρ = 4πηρ (eqs. 2.28–2.29)
-        rn, en = r.cpu().numpy(), e.cpu().numpy()
-        ge, gr = 2 * np.pi * rn**2, 4 * np.pi * en * rn
-        v_scs = ge**2 * ve
-        if width != "fixed":  # a zero-height column's width carries no information and does not enter its SCS
-            with np.errstate(invalid="ignore"):
-                v_scs = v_scs + np.where(gr != 0, 2 * ge * gr * ver + gr**2 * vr, 0.0)
-        out["scs_crlb"][f] = np.sqrt(v_scs) * p * p / scale
+        try:
+            bounds = _frame_crlb(c_all[f], r_all[f], e_all[f], float(zeta[f]) * scale, shape, h, noise,
+                                 None if noise_sigma is None else float(noise_sigma[f]) * scale, width,
+                                 background_free, t_col, n_types, dev)
+        except ValueError:
+            if invalid == "raise":
+                raise
+            bounds = (np.full(N, np.nan),) * 3
+        for k, v in zip(("x_crlb", "y_crlb", "scs_crlb"), bounds, strict=True):
+            out[k][f] = v
+    out["x_crlb"] *= p
+    out["y_crlb"] *= p
+    out["scs_crlb"] *= p * p / scale
     return out
+
+
+def _frame_crlb(c, r, e, zeta, shape, h, noise, sigma, width, background_free, t_col, n_types, dev):
+    """Bounds of one frame in pixel and data units: (sd x, sd y, sd SCS), each shape (N,)."""
+    f64 = dict(dtype=torch.float64, device=dev)
+    geom = M.make_geometry(c[None, :, 0], c[None, :, 1], h, shape)
+    prof = M.profiles(geom, c[None, :, 0], c[None, :, 1], r[None])
+    # weights of the Fisher information (eq. 2.27) on the padded image: 1/λ (Poisson) or 1/σ² (Gaussian)
+    mask = torch.nn.functional.pad(torch.ones(shape, **f64), (h, h, h, h)).reshape(-1)
+    if noise == "poisson":
+        lam = M.render(geom, prof, e[None], torch.tensor([zeta], **f64), mask)
+        real = mask > 0
+        if bool((lam[real] <= 0).any()):
+            raise ValueError("the model image has non-positive intensity: the Poisson CRLB needs λ > 0 "
+                             "everywhere (give a positive background)")
+        w = torch.where(real, 1.0 / torch.where(real, lam, 1.0), 0.0)
+    else:
+        w = mask / sigma**2
+    pm, pn = _overlapping_pairs(geom)
+    Fp, Fz = _fisher_blocks(geom, prof, c, r, e, w, pm, pn)
+    var = _selected_covariance(Fp, Fz, float(w.sum()), pm, pn, geom, width, background_free, t_col, n_types)
+    vx, vy, ve, ver, vr = (v.cpu().numpy() for v in var)
+    # SCS = 2π η ρ² (data units, px) -> gradient wrt (η_n, ρ): ∂/∂η = 2πρ², ∂/∂ρ = 4πηρ (eqs. 2.28–2.29)
+    rn, en = r.cpu().numpy(), e.cpu().numpy()
+    ge, gr = 2 * np.pi * rn**2, 4 * np.pi * en * rn
+    v_scs = ge**2 * ve
+    if width != "fixed":  # a zero-height column's width carries no information and does not enter its SCS
+        with np.errstate(invalid="ignore"):
+            v_scs = v_scs + np.where(gr != 0, 2 * ge * gr * ver + gr**2 * vr, 0.0)
+    return np.sqrt(vx), np.sqrt(vy), np.sqrt(v_scs)
 
 
 def _overlapping_pairs(geom: M.PatchGeometry) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -251,6 +252,11 @@ def fit_columns(
             )
         st = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
         return _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types_arr, crlb, stack)
+
+
+def _least_squares_at_low_counts(img3, scale, noise, dose) -> bool:
+    """Whether a least-squares fit ran on counts so low (image mean < 10 counts/pixel) that Poisson ML is due."""
+    return noise == "gaussian" and dose is not None and float(np.mean(img3)) * scale < 10.0
 
 
 @contextlib.contextmanager
@@ -772,10 +778,21 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
         sig = np.sqrt(st["sigma2"].cpu().numpy()) / scale
         cr = crlb_from_state(
             np.stack((x, y), -1), rho, eta, zeta, img3.shape[1:], p, dose=dose, noise=stats, noise_sigma=sig,
-            width=width_mode, background_free=fixed_bg is None, types=types,
+            width=width_mode, background_free=fixed_bg is None, types=types, device=st["col"].device,
+            invalid="nan",
         )
+        bad = np.isnan(cr["x_crlb"]).all(axis=1)
+        if bad.any():
+            warnings.warn(f"no CRLB for {int(bad.sum())} of {B} frame(s): the fitted model has non-positive "
+                          "intensity or a singular Fisher matrix (a diverged fit; see `converged`); their bounds "
+                          "are NaN", UserWarning, stacklevel=3)
     else:
         cr = {k: np.full((B, N), np.nan) for k in ("x_crlb", "y_crlb", "scs_crlb")}
+    if not conv.all():
+        hint = (" Least squares is unstable at a few counts per pixel: use noise='poisson' with the dose."
+                if _least_squares_at_low_counts(img3, scale, noise, dose) else "")
+        warnings.warn(f"{int((~conv).sum())} of {conv.size} columns did not converge (fit.table['converged'] is "
+                      f"False for them; their parameters are not estimates).{hint}", UserWarning, stacklevel=3)
     table = pd.DataFrame(
         {
             "frame": np.repeat(np.arange(B), N),
