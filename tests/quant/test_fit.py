@@ -352,3 +352,36 @@ def test_unconverged_fit_warns(rng):
     with pytest.warns(UserWarning, match="did not converge.*noise='poisson'"):
         fit = fit_columns(counts / (dose * p * p), pos, p, dose=dose, noise="gaussian", crlb=False)
     assert not fit.converged.all()
+
+
+@pytest.mark.parametrize("width, bg_free, noise", [("individual", False, "poisson"), ("individual", True, "gaussian"),
+                                                   ("common", True, "poisson"), ("fixed", True, "poisson")])
+def test_crlb_irregular_layout_matches_dense_inverse(width, bg_free, noise):
+    """Selected inversion on an irregular layout: random positions (>= 1.5 Å apart), columns at the corners and on an
+    edge (windows past the border), a pair 1 width apart, a type with a single column. With windows of 7 widths the
+    truncation is negligible and the bounds equal those of the dense full-image inverse to rounding."""
+    from stemquant.quant._crlb import crlb_from_state
+
+    rng = np.random.default_rng(0)
+    pts = [[0.02, 0.02], [13.98, 11.98], [0.0, 6.0], [6.0, 6.0], [6.45, 6.1]]
+    for q in rng.uniform((0, 0), (14, 12), (300, 2)):
+        if np.hypot(*(np.array(pts) - q).T).min() >= 1.5:
+            pts.append(q)
+    pos, shape, n = np.array(pts), (60, 70), len(pts)
+    types = rng.integers(0, 2, n)
+    types[1] = 2
+    rho = rng.uniform(0.4, 0.5, n) if width == "individual" else np.array([0.42, 0.48, 0.4])[types]
+    eta, dose, sigma = rng.uniform(0.03, 0.08, n), 2e4, 0.002
+    out = crlb_from_state(pos[None], rho[None], eta[None], np.array([0.005]), shape, P, dose=dose, noise=noise,
+                          noise_sigma=np.array([sigma]), width=width, background_free=bg_free, types=types,
+                          truncation=7.0)
+    ref = _dense_crlb(pos, rho, eta, 0.005, shape, dose, noise, sigma, width, bg_free, types)
+    for name, r in zip(("x_crlb", "y_crlb", "scs_crlb"), ref, strict=True):
+        np.testing.assert_allclose(out[name][0], r, rtol=1e-9, err_msg=name)
+
+
+@pytest.mark.parametrize("types", [[0, -1], [0.0, 1.0], [0.7, 1.2], [0, 1, 1], [[0, 1]]])
+def test_crlb_rejects_bad_types(types):
+    """Column types are validated as in fit_columns (float types were silently truncated to integers)."""
+    with pytest.raises(ValueError, match="types"):
+        column_crlb([[2.0, 2.0], [4.0, 2.5]], 0.45, 0.05, 0.005, (40, 40), P, 2e4, width="common", types=types)

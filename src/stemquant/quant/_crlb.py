@@ -104,7 +104,10 @@ def column_crlb(
         raise ValueError(f"noise must be 'poisson' or 'gaussian', got {noise!r}")
     if width not in ("individual", "common", "fixed"):
         raise ValueError(f"width must be 'individual', 'common' or 'fixed', got {width!r}")
-    t = np.zeros(n, dtype=np.int64) if types is None else np.asarray(types, dtype=np.int64)
+    t = np.zeros(n, dtype=np.int64) if types is None else np.asarray(types)
+    if t.shape != (n,) or not np.issubdtype(t.dtype, np.integer) or t.min() < 0:
+        raise ValueError(f"types must be non-negative integers of shape ({n},), got shape {t.shape}, dtype {t.dtype}")
+    t = t.astype(np.int64)
     out = crlb_from_state(
         pos[None], rho[None], eta[None], np.array([float(background)]), shape, p, dose=dose, noise=noise,
         noise_sigma=None if noise_sigma is None else np.array([noise_sigma]), width=width,
