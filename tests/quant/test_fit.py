@@ -354,6 +354,32 @@ def test_unconverged_fit_warns(rng):
     assert not fit.converged.all()
 
 
+def test_column_fitted_outside_the_image_is_not_converged():
+    """Starts on pure background at the border (spurious peaks) can end with their centres far outside the image,
+    describing a tail of noise; they must not be reported converged (with a warning), while the real columns are."""
+    p, dose = 0.14, 5e3
+    g = 1.96 * (np.arange(8) + 1)
+    X, Y = np.meshgrid(g, g)
+    pos = np.c_[X.ravel(), Y.ravel()]
+    img = gaussian_image(pos, 0.40, 0.05, 0.005, (126, 126), p=p)
+    start = np.r_[pos, [[17.63, 17.56], [0.0, 17.63]]]  # no column near these two border points
+    counts = np.random.default_rng(0).poisson(img * dose * p * p)
+    with pytest.warns(UserWarning, match="moved outside the image"):
+        fit = fit_columns(counts / (dose * p * p), start, p, dose=dose, noise="poisson", crlb=False)
+    x, y = fit.positions.T
+    outside = (x < 0) | (x > 126 * p) | (y < 0) | (y > 126 * p)
+    assert outside[-2:].any() and not outside[:-2].any()  # the case is exercised
+    assert not fit.converged[outside].any()
+    assert fit.converged[:-2].all()
+    # columns away from the spurious ones are unaffected: within 5 CRLB (false failure ~1e-4 over 124 coordinates);
+    # the nearest neighbour of a spurious start does take part of its tail (6 CRLB here), a reason to drop spurious
+    # peaks before fitting
+    far = np.min(np.hypot(*(pos[:, None, :] - start[None, -2:, :]).transpose(2, 0, 1)), axis=1) > 3.0
+    cr = column_crlb(pos, 0.40, 0.05, 0.005, (126, 126), p, dose, width="common")
+    z = (fit.positions[:-2] - pos) / cr[["x_crlb", "y_crlb"]].to_numpy()
+    assert np.abs(z[far]).max() < 5
+
+
 @pytest.mark.parametrize("width, bg_free, noise", [("individual", False, "poisson"), ("individual", True, "gaussian"),
                                                    ("common", True, "poisson"), ("fixed", True, "poisson")])
 def test_crlb_irregular_layout_matches_dense_inverse(width, bg_free, noise):

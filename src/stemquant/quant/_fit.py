@@ -58,6 +58,8 @@ class FitResult:
     widths, heights, scs : ndarray, shape ([B,] N)
     background : ndarray, shape ([B])
     converged : ndarray of bool, shape ([B,] N)
+        The frame's optimiser converged and the column's centre lies inside the image (a column fitted outside
+        it describes a tail of noise, not a column). ``fit_columns`` warns when any column is not converged.
     n_iter : ndarray of int, shape ([B])
         Levenberg–Marquardt iterations used per frame.
     objective : ndarray, shape ([B])
@@ -772,6 +774,11 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
     zeta = st["zeta"].cpu().numpy() / scale
     scs = 2 * np.pi * eta * rho**2
     conv = st["conv"].cpu().numpy()
+    # a column whose centre left the image is fitting a tail of noise (e.g. a spurious peak at the border): the
+    # optimum may be genuine, but its parameters are not an estimate of a column, so it is not reported converged
+    H, W = img3.shape[1:]
+    outside = (x < 0) | (x > W * p) | (y < 0) | (y > H * p)
+    conv = conv & ~outside
     width_mode = "fixed" if fixed_width is not None else width
     if crlb:
         stats = "poisson" if (dose is not None or noise == "poisson") else "gaussian"
@@ -791,8 +798,9 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
     if not conv.all():
         hint = (" Least squares is unstable at a few counts per pixel: use noise='poisson' with the dose."
                 if _least_squares_at_low_counts(img3, scale, noise, dose) else "")
-        warnings.warn(f"{int((~conv).sum())} of {conv.size} columns did not converge (fit.table['converged'] is "
-                      f"False for them; their parameters are not estimates).{hint}", UserWarning, stacklevel=3)
+        moved = f", {int(outside.sum())} of them moved outside the image" if outside.any() else ""
+        warnings.warn(f"{int((~conv).sum())} of {conv.size} columns did not converge{moved} (fit.table['converged'] "
+                      f"is False for them; their parameters are not estimates).{hint}", UserWarning, stacklevel=3)
     table = pd.DataFrame(
         {
             "frame": np.repeat(np.arange(B), N),
