@@ -132,12 +132,17 @@ def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, 
     c_all = torch.as_tensor(pos / p - 0.5, **f64)
     r_all = torch.as_tensor(rho / p, **f64)
     e_all = torch.as_tensor(eta * scale, **f64)
-    h = max(2, int(math.ceil(truncation * float(r_all.max()))))
+    finite = torch.isfinite(c_all).all(-1) & torch.isfinite(r_all) & torch.isfinite(e_all)  # (B, N)
+    r_ok = r_all[finite & (r_all > 0)]
+    # windows wider than the image add nothing for centres inside it (and a diverged width must not allocate them)
+    h = max(2, min(int(math.ceil(truncation * float(r_ok.max()))) if r_ok.numel() else 2, max(shape)))
     n_types = int(types.max()) + 1
     t_col = torch.as_tensor(types, dtype=torch.long, device=dev)
     out = {k: np.empty((B, N)) for k in ("x_crlb", "y_crlb", "scs_crlb")}
     for f in range(B):
         try:
+            if not bool(finite[f].all()) or not bool((r_all[f] > 0).all()) or not math.isfinite(float(zeta[f])):
+                raise ValueError("non-finite or non-positive parameters")
             bounds = _frame_crlb(c_all[f], r_all[f], e_all[f], float(zeta[f]) * scale, shape, h, noise,
                                  None if noise_sigma is None else float(noise_sigma[f]) * scale, width,
                                  background_free, t_col, n_types, dev)

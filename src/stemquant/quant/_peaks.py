@@ -13,8 +13,9 @@ doi:10.1016/j.ultramic.2016.08.018):
     the columns), normalisation, local maxima.
 
 Both then refine each maximum to sub-pixel precision by an iterated, Gaussian-windowed centroid on the
-filtered image (window σ = min_distance/4, local minimum subtracted); ``refine=False`` returns the pixel
-centres, as StatSTEM's first routine does. Positions follow docs/conventions.md: pixel (i, j) centre is
+filtered image (window σ = min_distance/4, local minimum subtracted); a maximum whose centroid leaves the image
+(a rising edge, not a column inside the image) is dropped. ``refine=False`` returns the pixel centres, as
+StatSTEM's first routine does. Positions follow docs/conventions.md: pixel (i, j) centre is
 ((j+0.5)p, (i+0.5)p).
 """
 
@@ -98,6 +99,11 @@ def find_columns(
     ij = peaks.astype(np.float64)
     if refine:
         ij = _refine_centroid(filtered, peaks, max(min_distance / p / 4.0, 0.5))
+        # a maximum whose centroid runs out of the image sits on a rising edge (intensity beyond the border), not on
+        # a column inside it: fitting such a start ends outside the image and pulls on its neighbours
+        h, w = filtered.shape
+        inside = (ij[:, 0] > -0.5) & (ij[:, 0] < h - 0.5) & (ij[:, 1] > -0.5) & (ij[:, 1] < w - 0.5)
+        ij = ij[inside]
     return np.column_stack([(ij[:, 1] + 0.5) * p, (ij[:, 0] + 0.5) * p])
 
 
@@ -182,11 +188,7 @@ def _refine_centroid(filtered: np.ndarray, peaks: np.ndarray, window_sigma_px: f
         centre = new
         if converged:
             break
-    ij = peaks + centre
-    h, w_ = filtered.shape
-    ij[:, 0] = np.clip(ij[:, 0], -0.5, h - 0.5 - 1e-9)
-    ij[:, 1] = np.clip(ij[:, 1], -0.5, w_ - 0.5 - 1e-9)
-    return ij
+    return peaks + centre
 
 
 # ------------------------------------------------------------------------------------------ editing positions
