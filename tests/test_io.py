@@ -164,3 +164,17 @@ def test_rosettasciio_missing_gives_install_hint(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib, "import_module", fake)
     with pytest.raises(ValueError, match=r'pip install "stemquant\[io\]"'):
         load_image(tmp_path / "a.dm4")
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    """Outputs get 0666 minus the umask like any new file, not mkstemp's private 0600."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        dest = tmp_path / "out.npy"
+        save_image(dest, np.ones((4, 4)))
+        assert stat.S_IMODE(dest.stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
