@@ -54,7 +54,8 @@ def _cmd_fit(args) -> int:
         positions = find_columns(image if image.ndim == 2 else image.mean(0), pixel_size,
                                  min_distance=args.min_distance, threshold=args.threshold, method=args.method)
         print(f"found {len(positions)} columns")
-    fit = fit_columns(image, positions, pixel_size, dose=args.dose, width=args.width, noise=args.noise,
+    noise = args.noise if args.noise != "auto" else ("poisson" if args.dose is not None else "gaussian")
+    fit = fit_columns(image, positions, pixel_size, dose=args.dose, width=args.width, noise=noise,
                       device=args.device, progress=True if image.ndim == 3 else None)
     write_csv_atomic(fit.table, out, overwrite=args.overwrite)
     conv = fit.table["converged"].mean()
@@ -97,8 +98,19 @@ def _cmd_count(args) -> int:
               f"means {np.array2string(res.means, precision=4)}")
     else:
         if not args.library:
-            raise SystemExit("error: --method library needs --library CSV (columns n_atoms, scs)")
-        lib = load_library_csv(args.library)
+            raise SystemExit("error: --method library needs --library (a bundled name such as pt001_particle, or "
+                             "a CSV with columns n_atoms, scs)")
+        if Path(args.library).exists():
+            lib = load_library_csv(args.library)
+        else:  # a bundled library of stemquant.simulate
+            from stemquant.simulate import load_scs_library
+
+            try:
+                bundled = load_scs_library(args.library)
+            except ValueError as exc:
+                raise SystemExit(f"error: --library: {exc}") from exc
+            n = np.asarray(bundled.n_atoms)
+            lib = bundled.scs(np.arange(1, int(n.max()) + 1))
         table["count"] = count_library(scs, lib)
         res = None
         print(f"library: counts from {len(lib)} library entries")
@@ -262,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--min-distance", type=_positive_float, default=1.0, help="peak finder distance [Å]")
     f.add_argument("--threshold", type=float, default=0.1, help="peak finder relative threshold")
     f.add_argument("--width", type=_width, default="common", help="common, individual or a fixed width [Å]")
-    f.add_argument("--noise", default="gaussian", choices=["gaussian", "poisson"], help="fitting criterion")
+    f.add_argument("--noise", default="auto", choices=["auto", "gaussian", "poisson"],
+                   help="fitting criterion: least squares (gaussian) or Poisson ML; auto (default) = poisson when "
+                        "--dose is given (efficient at low dose), gaussian otherwise")
     f.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     f.add_argument("--out", help="output CSV (default: IMAGE.columns.csv)")
     f.add_argument("--plot", help="PNG with the image and fitted columns")
@@ -273,8 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Atom counting from the 'scs' column of a fit CSV.")
     c.add_argument("csv", help="CSV with an 'scs' column (from `stemquant fit`)")
     c.add_argument("--method", default="gmm", choices=["gmm", "library"])
-    c.add_argument("--library", help="library CSV with n_atoms, scs (for --method library)")
-    c.add_argument("--max-components", type=int, default=10, help="highest GMM order")
+    c.add_argument("--library", help="SCS library for --method library: a bundled name (pt001_bulk, "
+                   "pt001_particle; SCS in Å² of normalised images) or a CSV with columns n_atoms, scs")
+    c.add_argument("--max-components", type=int, default=10,
+                   help="highest GMM order (a warning says when ICL is lowest at it: raise it)")
     c.add_argument("--n-components", type=int, help="force this GMM order instead of the ICL minimum")
     c.add_argument("--first-count", type=int, default=1, help="atoms in the lowest GMM component")
     c.add_argument("--dose", type=_positive_float, help="dose-dependent component variance σ² + μ/dose")

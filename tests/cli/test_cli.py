@@ -150,3 +150,26 @@ def test_restore_bad_tile_is_a_clear_error(tmp_path, rng, capsys):
     assert main(["restore", str(tmp_path / "in.npy"), str(tmp_path / "o.npy"), "--tile", "8",
                  "--device", "cpu"]) == 2
     assert "tile" in capsys.readouterr().err
+
+
+def test_count_with_a_bundled_library_by_name(tmp_path, rng):
+    """`--library pt001_particle` uses the bundled abTEM library (no CSV to write first); columns whose SCS lie
+    within 1 % of the library value of their thickness are counted exactly."""
+    from stemquant.simulate import load_scs_library
+
+    lib = load_scs_library("pt001_particle")
+    true = rng.integers(1, 12, 200)
+    scs = lib.scs(true) * (1 + rng.uniform(-0.01, 0.01, true.size))  # library steps are > 5 % apart here
+    pd.DataFrame({"scs": scs}).to_csv(tmp_path / "fit.csv", index=False)
+    out = tmp_path / "counts.csv"
+    assert main(["count", str(tmp_path / "fit.csv"), "--method", "library", "--library", "pt001_particle",
+                 "--out", str(out)]) == 0
+    np.testing.assert_array_equal(pd.read_csv(out)["count"], true)
+    with pytest.raises(SystemExit, match="bundled SCS library"):
+        main(["count", str(tmp_path / "fit.csv"), "--method", "library", "--library", "no_such_library",
+              "--out", str(tmp_path / "c2.csv")])
+
+
+def test_fit_noise_defaults_to_poisson_with_a_dose():
+    args = build_parser().parse_args(["fit", "x.npy", "--dose", "1e3"])
+    assert args.noise == "auto"

@@ -180,3 +180,13 @@ def test_plot_counting(rng):
     assert len(fig.axes[1].lines[0].get_xdata()) == 3  # ICL curve over orders 1..3
     with pytest.raises(TypeError):
         plot_counting(scs)
+
+
+def test_icl_minimum_at_the_largest_order_warns(rng):
+    """Eleven components 20 sd apart searched up to order 10 (the CLI default): ICL is lowest at the edge, and the
+    user is told to raise max_components instead of getting merged counts silently; with room it finds 11."""
+    scs = np.concatenate([k + 0.05 * rng.standard_normal(30) for k in range(1, 12)])
+    with pytest.warns(UserWarning, match="raise max_components"):
+        res = count_gmm(scs, max_components=10)
+    assert res.n_components == 10
+    assert count_gmm(scs, max_components=14).n_components == 11

@@ -192,6 +192,11 @@ def count_gmm(
     k = np.arange(1, max_components + 1)
     icl = 2.0 * nll + 2.0 * entropy + 2.0 * k * np.log(n)
     chosen = n_components if n_components is not None else _select_minimum(icl, selection)
+    if n_components is None and chosen == max_components and max_components > 1 and len(x) > max_components:
+        # the criterion still falls at the edge of the search: the true order is likely higher and the counts of
+        # the thickest columns would be merged
+        warnings.warn(f"ICL is lowest at the largest order tried (max_components={max_components}); the mixture "
+                      "may need more components — raise max_components", UserWarning, stacklevel=2)
     best = fits[chosen - 1]
     post = _posterior(xs, best.means, best.sd**2, best.weights)
     fits_orig = tuple(
@@ -429,7 +434,7 @@ def load_library_csv(path) -> np.ndarray:
     ``library_scs[k - 1]`` the SCS of k atoms, validated as in :func:`count_library`.
     """
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, comment="#")  # '#' lines: provenance, as in the bundled libraries
     except FileNotFoundError:
         raise FileNotFoundError(f"library file {str(path)!r} does not exist") from None
     except Exception as exc:
