@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stemquant._validate import check_dose, check_pixel_size, check_positive
+
 # CODATA 2018
 ELECTRON_MASS_EV = 510998.95  # m_e c² [eV]
 HC_EV_ANGSTROM = 12398.419843320026  # h c [eV Å]
@@ -14,9 +16,7 @@ def electron_wavelength(energy: float) -> float:
 
     λ = h c / sqrt(E (2 m_e c² + E)).  300 keV -> 0.019687 Å.
     """
-    energy = float(energy)
-    if energy <= 0:
-        raise ValueError(f"energy must be positive [eV], got {energy}")
+    energy = check_positive(energy, "energy", "eV")
     return HC_EV_ANGSTROM / np.sqrt(energy * (2 * ELECTRON_MASS_EV + energy))
 
 
@@ -26,5 +26,8 @@ def fwhm_to_sigma(fwhm: float) -> float:
 
 
 def counts_per_pixel(intensity, dose: float, pixel_size: float):
-    """Expected electron counts from normalised intensity: ``intensity * dose [e⁻/Å²] * pixel_size² [Å²]``."""
-    return intensity * dose * pixel_size**2
+    """Expected electron counts from normalised intensity: ``intensity * dose [e⁻/Å²] * pixel_size² [Å²]``.
+
+    ``dose`` and ``pixel_size`` must be positive and finite (ValueError otherwise).
+    """
+    return intensity * check_dose(dose, allow_none=False) * check_pixel_size(pixel_size) ** 2

@@ -95,3 +95,5 @@ def test_bad_input(lib):
         render_incoherent(_one(1.0, 1.0, 2), shape=(1, 32), pixel_size=P, probe=PROBE, library=lib)
     with pytest.raises(ValueError, match="column_sigma"):
         render_incoherent(_one(1.0, 1.0, 2), column_sigma=-1.0, **kw)
+    with pytest.raises(ValueError, match="device"):  # was torch's RuntimeError listing its device types
+        render_incoherent(_one(1.0, 1.0, 2), device="tpu", **kw)

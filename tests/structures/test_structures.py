@@ -51,6 +51,12 @@ def test_bulk_bad_input():
         pt_bulk(2.5)
     with pytest.raises(ValueError, match="repeat"):
         pt_bulk(2, repeat=(0, 1))
+    for bad in ((2,), (1, 1, 1), 3):  # not an (x, y) pair: used to raise IndexError/TypeError or be cut short
+        with pytest.raises(ValueError, match="repeat"):
+            pt_bulk(2, repeat=bad)
+    for a in (0.0, -3.92, np.inf, np.nan):
+        with pytest.raises(ValueError, match="a must be positive and finite"):
+            pt_bulk(2, a=a)
 
 
 # ---------------------------------------------------------------- nanoparticle
@@ -171,6 +177,9 @@ def test_dislocation_bad_input():
         pt_edge_dislocation(nu=0.6)
     with pytest.raises(ValueError, match="n_cells"):
         pt_edge_dislocation(n_cells=0)
+    for bad in ((55.0,), (55.0, 55.0, 10.0)):
+        with pytest.raises(ValueError, match="size"):
+            pt_edge_dislocation(size=bad)
 
 
 # ---------------------------------------------------------------- projection

@@ -108,3 +108,37 @@ def test_stem_and_tem_pairs_share_the_clean_scale(name):
     rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
     clean = np.full((32, 32), 0.5)
     np.testing.assert_array_equal(f(clean, 1e3, rng_a), f(clean, 1e3, rng_b))  # same rng -> same output
+
+
+@pytest.mark.parametrize("name", ["poisson_distortion", "stem_distortion", "tem_distortion"])
+def test_distortions_take_an_int_seed_as_one_generator(name):
+    # docs/conventions.md: rng is an int, a Generator or None. An int seeds ONE generator for the parameter
+    # draw and the noise (it used to be re-seeded for each: parameters and noise shared the same numbers, or
+    # poisson_distortion raised AttributeError).
+    import stemquant.synth as synth
+
+    f = getattr(synth, name)
+    clean = np.random.default_rng(0).random((24, 24)) + 0.1
+    a = f(clean, 2e3, 7)
+    np.testing.assert_array_equal(a, f(clean, 2e3, np.random.default_rng(7)))
+    assert not np.array_equal(a, f(clean, 2e3, 8))
+
+
+@pytest.mark.parametrize("name", ["poisson_distortion", "stem_distortion", "tem_distortion"])
+@pytest.mark.parametrize(("dose", "pixel_size", "match"), [
+    (0.0, 0.1, "dose"), (-1e3, 0.1, "dose"), (float("nan"), 0.1, "dose"), (1e3, 0.0, "pixel_size"),
+])
+def test_distortions_reject_bad_dose_and_pixel_size(name, dose, pixel_size, match):
+    import stemquant.synth as synth
+
+    with pytest.raises(ValueError, match=match):
+        getattr(synth, name)(np.full((16, 16), 0.5), dose, 0, pixel_size=pixel_size)
+
+
+def test_poisson_distortion_rejects_nan_and_negative_images():
+    bad = np.full((16, 16), 0.5)
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        poisson_distortion(bad, 1e3, 0)
+    with pytest.raises(ValueError, match="non-negative"):
+        poisson_distortion(np.full((16, 16), -0.5), 1e3, 0)

@@ -69,6 +69,15 @@ def test_lowres_non_negative_and_deterministic():
     assert np.array_equal(a, b)
 
 
+def test_lowres_takes_an_int_seed_and_checks_the_shape():
+    # rng may be an int (docs/conventions.md); it used to raise AttributeError
+    a = lowres_image((40, 36), 11)
+    assert np.array_equal(a, lowres_image((40, 36), np.random.default_rng(11)))
+    assert not np.array_equal(a, lowres_image((40, 36), 12))
+    with pytest.raises(ValueError, match="shape"):
+        lowres_image((4, 40), 0)
+
+
 # Generator state just before the draw that failed at training step 818 (configs/hrstem.toml, seed 0): the 7th
 # random_clean_image((128, 128), kind="hrstem") call of SeedSequence(0, spawn_key=(0, 818)) after six
 # (image, dose, STEM distortion) pairs as stemquant.restore._train.make_pair draws them, replayed at commit

@@ -7,6 +7,8 @@ import numbers
 from ase import Atoms
 from ase.build import bulk
 
+from stemquant._validate import check_positive
+
 #: Pt lattice constant [Å] used throughout the studies (seeds/README.md).
 PT_LATTICE_CONSTANT = 3.92
 
@@ -20,6 +22,17 @@ def _check_cells(value, name: str, lo: int = 1, hi: int | None = None) -> int:
         rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
         raise ValueError(f"{name} must be an integer in {rng} [unit cells], got {value}")
     return v
+
+
+def _check_pair(value, name: str, unit: str) -> tuple:
+    """Check an (x, y) pair: a sequence of exactly two entries."""
+    try:
+        n = len(value)
+    except TypeError:
+        n = -1
+    if isinstance(value, str | bytes) or n != 2:
+        raise ValueError(f"{name} must be a pair (x, y) [{unit}], got {value!r}")
+    return tuple(value)
 
 
 def pt_bulk(n_cells: int, *, repeat: tuple[int, int] = (1, 1), a: float = PT_LATTICE_CONSTANT) -> Atoms:
@@ -50,11 +63,11 @@ def pt_bulk(n_cells: int, *, repeat: tuple[int, int] = (1, 1), a: float = PT_LAT
     48
     """
     n_cells = _check_cells(n_cells, "n_cells")
-    rx = _check_cells(repeat[0], "repeat[0]")
-    ry = _check_cells(repeat[1], "repeat[1]")
-    if not a > 0:
-        raise ValueError(f"a must be a positive lattice constant [Å], got {a}")
-    atoms = bulk("Pt", "fcc", a=float(a), cubic=True).repeat((rx, ry, n_cells))
+    rx, ry = _check_pair(repeat, "repeat", "unit cells")
+    rx = _check_cells(rx, "repeat[0]")
+    ry = _check_cells(ry, "repeat[1]")
+    a = check_positive(a, "a", "Å")
+    atoms = bulk("Pt", "fcc", a=a, cubic=True).repeat((rx, ry, n_cells))
     # atomic layers at z = a/4 + k a/2: inside the cell, never on a slice boundary of a multislice run with
     # slice thickness a/2 (thermal displacements would otherwise wrap atoms through z = 0)
     atoms.positions[:, 2] += a / 4

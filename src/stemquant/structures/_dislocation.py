@@ -7,7 +7,7 @@ from ase import Atoms
 
 from stemquant._validate import check_positive
 
-from ._bulk import PT_LATTICE_CONSTANT, _check_cells
+from ._bulk import PT_LATTICE_CONSTANT, _check_cells, _check_pair
 
 #: Poisson ratio of Pt used for the isotropic displacement field (polycrystalline Pt, nu ~ 0.38).
 PT_POISSON_RATIO = 0.38
@@ -109,13 +109,16 @@ def pt_edge_dislocation(*, n_cells: int = 6, size: tuple[float, float] = (55.0, 
         ``pbc = (False, False, True)``: free surfaces in x and y (the displacement field is not periodic),
         periodic along the line. ``atoms.info`` holds ``burgers_vector`` (Å, frame coordinates),
         ``line_position`` (x, y) [Å] and ``poisson_ratio``.
+        The displacements push the columns at the left face below the glide plane slightly outside the cell
+        (x < 0, down to about -0.7 Å): drop them before fitting an image of the cell.
     """
     nz = _check_cells(n_cells, "n_cells")
     a = check_positive(a, "a", "Å")
     if not 0.0 <= nu < 0.5:
         raise ValueError(f"nu must lie in [0, 0.5) (Poisson ratio, dimensionless), got {nu}")
-    sx = check_positive(size[0], "size[0]", "Å")
-    sy = check_positive(size[1], "size[1]", "Å")
+    sx, sy = _check_pair(size, "size", "Å")
+    sx = check_positive(sx, "size[0]", "Å")
+    sy = check_positive(sy, "size[1]", "Å")
     nx = max(int(round(sx / (a * np.sqrt(2) / 2))), 4)
     ny = max(int(round(sy / (a * np.sqrt(3)))), 2)
     pos, lengths = _oriented_block(nx, ny, nz, a)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from stemquant._validate import check_pixel_size, check_positive
+from stemquant._validate import as_rng, check_dose, check_image, check_pixel_size, check_positive
 
 from ._image import IMAGE_KINDS, random_clean_image
 from ._specimen import _check_shape
@@ -16,33 +16,54 @@ from ._specimen import _check_shape
 NOMINAL_PIXEL_SIZE = 0.1  # [Å] converts dose [e⁻/Å²] to counts per pixel for the normalised clean image
 
 
-def poisson_distortion(clean: np.ndarray, dose: float, rng: np.random.Generator, *,
+def _check_distortion_args(dose, rng, pixel_size):
+    """Validate the common arguments of the distortion callables; ``rng`` as a Generator."""
+    dose = check_dose(dose, allow_none=False)
+    pixel_size = check_pixel_size(pixel_size)
+    return as_rng(rng), dose, pixel_size
+
+
+def poisson_distortion(clean: np.ndarray, dose: float, rng: int | np.random.Generator | None, *,
                        pixel_size: float = NOMINAL_PIXEL_SIZE) -> np.ndarray:
-    """Plain shot noise: Poisson(clean * dose * p^2) / (dose * p^2), same scale as ``clean``."""
+    """Plain shot noise: Poisson(clean * dose * p^2) / (dose * p^2), same scale as ``clean``.
+
+    ``dose`` [e⁻/Å²] and ``pixel_size`` [Å] must be positive; ``rng`` is an int, a numpy Generator or None.
+    """
+    rng, dose, pixel_size = _check_distortion_args(dose, rng, pixel_size)
+    clean = check_image(clean, name="clean")
+    if np.any(clean < 0):
+        raise ValueError(f"clean must be non-negative (normalised intensity), got minimum {clean.min():.4g}")
     scale = dose * pixel_size**2
     return rng.poisson(clean * scale) / scale
 
 
-def stem_distortion(clean: np.ndarray, dose: float, rng: np.random.Generator, *,
+def stem_distortion(clean: np.ndarray, dose: float, rng: int | np.random.Generator | None, *,
                     pixel_size: float = NOMINAL_PIXEL_SIZE) -> np.ndarray:
-    """Random STEM distortion from ``stemquant.distort``; counts divided by dose * p^2."""
+    """Random STEM distortion from ``stemquant.distort``; counts divided by dose * p^2.
+
+    The parameters (``sample_stem_params``) and the noise are drawn one after the other from the same
+    generator; an int ``rng`` seeds that one generator (it is not reused for each draw).
+    """
     from stemquant.distort import STEMDistortion, sample_stem_params
 
+    rng, dose, pixel_size = _check_distortion_args(dose, rng, pixel_size)
     out = STEMDistortion(sample_stem_params(rng))(clean, dose=dose, pixel_size=pixel_size, rng=rng)
     return np.asarray(out.image, dtype=np.float64) / (dose * pixel_size**2)
 
 
-def tem_distortion(clean: np.ndarray, dose: float, rng: np.random.Generator, *,
+def tem_distortion(clean: np.ndarray, dose: float, rng: int | np.random.Generator | None, *,
                    pixel_size: float = NOMINAL_PIXEL_SIZE) -> np.ndarray:
     """Random TEM (camera) distortion from ``stemquant.distort``; counts divided by dose * p^2.
 
     ``TEMDistortion(sample_tem_params(rng))`` (Lobato et al. eqs. 27-40: MTF, shot noise, fixed-pattern, dark
     current, read-out noises, black pixels, zingers, clipping, quantisation). Pass it as
     ``PairDataset(distortion=tem_distortion)`` for TEM training pairs; the clean target is not blurred by the
-    MTF (see ``stemquant.distort.TEMDistortion``).
+    MTF (see ``stemquant.distort.TEMDistortion``). As in ``stem_distortion``, an int ``rng`` seeds one
+    generator for the parameters and the noise.
     """
     from stemquant.distort import TEMDistortion, sample_tem_params
 
+    rng, dose, pixel_size = _check_distortion_args(dose, rng, pixel_size)
     out = TEMDistortion(sample_tem_params(rng))(clean, dose=dose, pixel_size=pixel_size, rng=rng)
     return np.asarray(out.image, dtype=np.float64) / (dose * pixel_size**2)
 

@@ -6,6 +6,10 @@ import numpy as np
 from scipy import ndimage
 from skimage.draw import ellipse, polygon
 
+from stemquant._validate import as_rng
+
+from ._specimen import _check_shape
+
 LOWRES_TYPES = ("soft", "sharp", "grains", "bands", "boxes", "cracks")
 
 
@@ -138,14 +142,17 @@ def _cracks(shape, rng) -> np.ndarray:
     return mask
 
 
-def lowres_image(shape, rng: np.random.Generator) -> np.ndarray:
+def lowres_image(shape, rng: int | np.random.Generator | None = None) -> np.ndarray:
     """Linear superposition of a random non-empty subset of the low-resolution object types.
 
     Each type of ("soft", "sharp", "grains", "bands", "boxes") enters with p = 0.5 (soft particles if none
     was drawn); cracks (p = 0.5) then darken the image multiplicatively. Object counts follow Lobato et al.
     where given (soft 15..85, sharp 15..40, grains 15..175 seeds); sizes, bands, boxes and cracks are our
     choices (docs/synth.md). Returns a non-negative (H, W) float64 image (not yet post-processed).
+    ``shape`` is two integers >= 8 [pixels]; ``rng`` an int, a numpy Generator or None.
     """
+    shape = _check_shape(shape)
+    rng = as_rng(rng)
     makers = {"soft": _soft_particles, "sharp": _sharp_particles, "grains": _grains, "bands": _bands,
               "boxes": _boxes}
     chosen = [name for name in makers if rng.random() < 0.5] or ["soft"]
