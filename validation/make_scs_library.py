@@ -10,7 +10,7 @@ single-threaded scheduler).
 Example (the bundled libraries)::
 
     OMP_NUM_THREADS=1 nohup python validation/make_scs_library.py --preset particle --max-cells 14 \
-        --configs 8 --scan-gpts 7 --out src/stemquant/data/pt001_particle.csv --resume > particle.log 2>&1 &
+        --configs 16 --scan-gpts 7 --out src/stemquant/data/pt001_particle.csv --resume > particle.log 2>&1 &
 """
 
 from __future__ import annotations
