@@ -333,10 +333,12 @@ _PASSTHROUGH = {"train": _cmd_train, "evaluate": _cmd_evaluate}
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in _PASSTHROUGH:  # these verbs parse their own options (incl. --help)
-        return int(_PASSTHROUGH[argv[0]](argparse.Namespace(args=argv[1:])) or 0)
-    args = build_parser().parse_args(argv)
+        func, args = _PASSTHROUGH[argv[0]], argparse.Namespace(args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
+        func = args.func
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -173,3 +173,49 @@ def test_count_with_a_bundled_library_by_name(tmp_path, rng):
 def test_fit_noise_defaults_to_poisson_with_a_dose():
     args = build_parser().parse_args(["fit", "x.npy", "--dose", "1e3"])
     assert args.noise == "auto"
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["train", "--steps", "0"], "steps"),
+    (["train", "--config", "no-such-config.toml"], "no-such-config.toml"),
+    (["evaluate", "hrstem", "--n-images", "0", "--device", "cpu"], "n_images"),
+    (["evaluate", "no-such-weights.pt", "--device", "cpu"], "no-such-weights.pt"),
+])
+def test_train_and_evaluate_errors_are_clear(argv, match, capsys):
+    """The verbs that parse their own options report bad input as the other verbs do: status 2 and one
+    `error:` line (they printed a traceback)."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and match in err and "Traceback" not in err
+
+
+def test_evaluate_refuses_to_overwrite_csv_before_evaluating(tmp_path, monkeypatch, capsys):
+    import stemquant.restore._evaluate as ev
+
+    calls = []
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: calls.append(1))  # must not be reached
+    for opt in ("--csv", "--per-image-csv"):
+        out = tmp_path / f"{opt[2:]}.csv"
+        out.write_text("keep me\n")
+        assert main(["evaluate", "hrstem", "--n-images", "1", "--device", "cpu", opt, str(out)]) == 2
+        assert "--overwrite" in capsys.readouterr().err
+        assert out.read_text() == "keep me\n"
+    assert calls == []
+
+
+def test_evaluate_writes_csv_tables(tmp_path):
+    """--csv and --per-image-csv hold the printed tables; with --overwrite an existing file is replaced."""
+    from stemquant.restore import weights_path
+
+    if not weights_path("hrstem").is_file():
+        pytest.skip("no shipped hrstem weights")
+    summary, per_image = tmp_path / "s.csv", tmp_path / "p.csv"
+    summary.write_text("old\n")
+    argv = ["evaluate", "hrstem", "--n-images", "2", "--size", "32", "--no-baselines", "--device", "cpu",
+            "--csv", str(summary), "--per-image-csv", str(per_image), "--overwrite"]
+    assert main(argv) == 0
+    s, p = pd.read_csv(summary, index_col=0), pd.read_csv(per_image)
+    assert list(s.index) == ["raw", "model"] and (s["n"] == 2).all()
+    assert len(p) == 4 and set(p["method"]) == {"raw", "model"}
+    np.testing.assert_allclose(s.loc["model", "psnr_mean"], p[p["method"] == "model"]["psnr"].mean())
+    assert main(argv[:-1]) == 2  # without --overwrite the files now exist

@@ -245,12 +245,20 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true", help="only raw and the model")
     p.add_argument("--csv", help="also write the summary table to this CSV file")
     p.add_argument("--per-image-csv", help="also write the per-image table (image, dose, method, psnr, ssim)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing CSV files")
     return p
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
     """``stemquant evaluate`` entry point; prints the table, returns the exit status."""
+    from stemquant.io import write_csv_atomic
+
     args = evaluate_parser().parse_args(argv)
+    for out in (args.csv, args.per_image_csv):  # refuse before the (long) evaluation, not after it
+        if out and Path(out).exists() and not args.overwrite:
+            raise ValueError(f"output {out!r} already exists; pass --overwrite to replace it")
+        if out and not Path(out).resolve().parent.is_dir():
+            raise ValueError(f"directory of output {out!r} does not exist; create it first")
     model = args.model
     if args.config:
         from ._train import TrainConfig
@@ -263,9 +271,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     df = summarise(table)
     print(df.to_string(float_format=lambda v: f"{v:.4f}"))
     if args.per_image_csv:
-        table.to_csv(args.per_image_csv, index=False)
+        write_csv_atomic(table, args.per_image_csv, overwrite=args.overwrite)
     if args.csv:
-        df.to_csv(args.csv)
+        write_csv_atomic(df, args.csv, overwrite=args.overwrite, index=True)
     return 0
 
 

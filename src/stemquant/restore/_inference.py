@@ -16,10 +16,10 @@ MIN_SIZE = 16
 """Smallest image side [pixels] :func:`restore` accepts; sides below the network's size are padded."""
 
 
-def _check_int(value, name: str, minimum: int) -> int:
+def _check_int(value, name: str, minimum: int, unit: str = " [pixels]") -> int:
     """Check an integer option >= minimum."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum} [pixels], got {value!r}")
+        raise ValueError(f"{name} must be an integer >= {minimum}{unit}, got {value!r}")
     return int(value)
 
 
@@ -172,7 +172,7 @@ def restore(image, model: str | nn.Module = "hrstem", *, device: str | torch.dev
     arr = check_image(image, ndim=(2, 3), min_size=MIN_SIZE)
     tile = _check_int(tile, "tile", MIN_SIZE)
     overlap = _check_int(overlap, "overlap", 0)
-    batch_size = _check_int(batch_size, "batch_size", 1)
+    batch_size = _check_int(batch_size, "batch_size", 1, " [tiles]")
     net, dev = _resolve_model(model, device)
     cdtype = _model_dtype(net, dtype)
     m = int(getattr(net, "size_multiple", 1))

@@ -700,6 +700,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", help="override the exported weight file (.pt)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads in the training process")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--overwrite", action="store_true", help="start a fresh run even if <checkpoint_dir>/"
+                   "checkpoint.pt exists (it is replaced at the first checkpoint); without it that is an error")
     return p
 
 
@@ -712,6 +714,9 @@ def train_main(argv: list[str] | None = None) -> int:
     config = replace(config, **over)
     cmd = "stemquant train " + shlex.join(sys.argv[1:] if argv is None else argv)
     trainer = Trainer(config, command=cmd)
+    if not args.resume and not args.overwrite and trainer.checkpoint_path.exists():
+        raise ValueError(f"{trainer.checkpoint_path} already exists: pass --resume to continue that run, or "
+                         "--overwrite to start afresh and replace it (or choose another --checkpoint-dir)")
     trainer.fit(resume=args.resume, progress=not args.no_progress)
     print(f"stopped at step {trainer.step} of {config.steps}; checkpoint in {trainer.checkpoint_path}")
     return 0
