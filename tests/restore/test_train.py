@@ -55,7 +55,12 @@ def test_config_toml_round_trip(tmp_path):
 def test_shipped_config_loads():
     cfg = TrainConfig.from_toml(REPO / "configs" / "hrstem.toml")
     assert cfg.architecture == "lite" and not cfg.adversarial
-    assert cfg.export.endswith("weights/hrstem.pt")
+    # re-running the shipped stage-1 config must not overwrite the shipped (stage-2) weights and model card
+    from stemquant.restore import weights_path
+
+    export = (REPO / cfg.export).resolve()
+    assert export.suffix == ".pt"
+    assert export.parent != weights_path("hrstem").resolve().parent
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -246,6 +251,21 @@ def test_train_main(tmp_path, capsys):
     assert "stopped at step 2 of 2" in capsys.readouterr().out
     assert train_main(["--config", str(path), "--steps", "3", "--resume", "--no-progress"]) == 0
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 3
+
+
+def test_train_main_keeps_an_existing_checkpoint_without_resume_or_overwrite(tmp_path, capsys):
+    """A fresh `stemquant train` into a folder that holds a checkpoint (a forgotten --resume) must not replace it."""
+    path = tmp_path / "c.toml"
+    path.write_text(tiny(tmp_path, steps=1).to_toml())
+    argv = ["--config", str(path), "--device", "cpu", "--no-progress"]
+    assert train_main(argv) == 0
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError, match="--resume"):
+        train_main(argv)
+    assert ckpt.read_bytes() == before
+    assert train_main(argv + ["--overwrite"]) == 0  # explicit: a fresh run, same seed -> same single step
+    assert torch.load(ckpt, weights_only=True)["step"] == 1
 
 
 def test_make_pair_redraws_failed_synth_draws(monkeypatch):
