@@ -191,7 +191,7 @@ def run_demo(out_dir="stemquant_demo", *, dose: float = 5e4, rng=0, pixel_size: 
         "correct counts, GMM": round(metrics.fraction_correct_counts(table["count_gmm"][m], table["true_count"][m]), 3),
         "correct counts, library": round(metrics.fraction_correct_counts(table["count_library"][m],
                                                                           table["true_count"][m]), 3),
-        "median SCS CRLB [Å²]": float(np.median(fit.table["scs_crlb"])),
+        "median SCS CRLB [Å²]": float(np.nanmedian(fit.table["scs_crlb"])),
     }
     csv = write_csv_atomic(table, out / "columns.csv", overwrite=overwrite)
     from matplotlib.figure import Figure

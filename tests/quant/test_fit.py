@@ -1,5 +1,6 @@
 """fit_columns and column_crlb: exactness on noise-free images, efficiency against the CRLB, bad input."""
 
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -333,7 +334,7 @@ def test_fit_without_a_valid_crlb_keeps_the_fit_and_warns():
     pos, _ = lattice(2, margin=2.0)
     shape = (60, 60)  # pixels beyond every column's 5-width window have λ = 0
     img = gaussian_image(pos, 0.45, 0.05, 0.0, shape)
-    with pytest.warns(UserWarning, match="no CRLB"):
+    with pytest.warns(UserWarning, match="non-positive intensity"):
         fit = fit_columns(img, pos, P, dose=1e4, noise="gaussian", background=0.0)
     assert fit.table[["x_crlb", "y_crlb", "scs_crlb"]].isna().all().all()
     np.testing.assert_allclose(fit.positions, pos, atol=1e-4)
@@ -411,3 +412,23 @@ def test_crlb_rejects_bad_types(types):
     """Column types are validated as in fit_columns (float types were silently truncated to integers)."""
     with pytest.raises(ValueError, match="types"):
         column_crlb([[2.0, 2.0], [4.0, 2.5]], 0.45, 0.05, 0.005, (40, 40), P, 2e4, width="common", types=types)
+
+
+def test_converged_columns_keep_their_crlb_when_a_diverged_column_breaks_the_model():
+    """A column fitted with a negative height deep enough to make the model intensity negative (here a dip put
+    into a least-squares image) leaves no Poisson bound for the frame as a whole; the converged columns keep
+    theirs, computed from the model without the unconverged column, i.e. those of the other columns alone."""
+    pos, shape = lattice(3)
+    dip = np.array([4.5, 0.9])
+    yy, xx = (np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5) * P
+    img = gaussian_image(pos, 0.45, 0.05, 0.005, shape) - 0.02 * np.exp(
+        -((xx - dip[0]) ** 2 + (yy - dip[1]) ** 2) / (2 * 0.45**2))
+    with pytest.warns(UserWarning, match="converged columns got their CRLB"):
+        fit = fit_columns(img, np.r_[pos, [dip]], P, dose=1e4, noise="gaussian", width="common")
+    assert fit.heights[-1] < 0 and not fit.converged[-1] and fit.converged[:-1].all()
+    t = fit.table
+    assert t.loc[9, ["x_crlb", "y_crlb", "scs_crlb"]].isna().all()
+    ref = column_crlb(fit.positions[:-1], fit.widths[:-1], fit.heights[:-1], fit.background, shape, P, 1e4,
+                      width="common")
+    for name in ("x_crlb", "y_crlb", "scs_crlb"):
+        np.testing.assert_allclose(t.loc[:8, name], ref[name], rtol=1e-9)

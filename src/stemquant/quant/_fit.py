@@ -789,10 +789,24 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
             invalid="nan",
         )
         bad = np.isnan(cr["x_crlb"]).all(axis=1)
+        retried = 0
+        for f in np.flatnonzero(bad & conv.any(axis=1) & ~conv.all(axis=1)):
+            # one diverged column (negative height, collapsed onto its neighbour) can make the whole model invalid
+            # for the bound; the converged columns get theirs from the model without the unconverged ones
+            k = conv[f]
+            sub = crlb_from_state(
+                np.stack((x[f, k], y[f, k]), -1)[None], rho[f, k][None], eta[f, k][None], zeta[f : f + 1],
+                img3.shape[1:], p, dose=dose, noise=stats, noise_sigma=sig[f : f + 1], width=width_mode,
+                background_free=fixed_bg is None, types=types[k], device=st["col"].device, invalid="nan",
+            )
+            for name, v in sub.items():
+                cr[name][f, k] = v[0]
+            retried += int(not np.isnan(sub["x_crlb"]).all())
         if bad.any():
-            warnings.warn(f"no CRLB for {int(bad.sum())} of {B} frame(s): the fitted model has non-positive "
-                          "intensity or a singular Fisher matrix (a diverged fit; see `converged`); their bounds "
-                          "are NaN", UserWarning, stacklevel=3)
+            warnings.warn(f"the fitted model of {int(bad.sum())} of {B} frame(s) has non-positive intensity or a "
+                          f"singular Fisher matrix (diverged columns, see `converged`); in {retried} of them the "
+                          "converged columns got their CRLB from the model without the unconverged ones, all other "
+                          "bounds of these frames are NaN", UserWarning, stacklevel=3)
     else:
         cr = {k: np.full((B, N), np.nan) for k in ("x_crlb", "y_crlb", "scs_crlb")}
     if not conv.all():
