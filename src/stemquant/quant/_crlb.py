@@ -175,7 +175,7 @@ def _frame_crlb(c, r, e, zeta, shape, h, noise, sigma, width, background_free, t
     else:
         w = mask / sigma**2
     pm, pn = _overlapping_pairs(geom)
-    Fp, Fz = _fisher_blocks(geom, prof, c, r, e, w, pm, pn)
+    Fp, Fz, pm, pn = _fisher_blocks(geom, prof, c, r, e, w, pm, pn)
     var = _selected_covariance(Fp, Fz, float(w.sum()), pm, pn, geom, width, background_free, t_col, n_types)
     vx, vy, ve, ver, vr = (v.cpu().numpy() for v in var)
     # SCS = 2π η ρ² (data units, px) -> gradient wrt (η_n, ρ): ∂/∂η = 2πρ², ∂/∂ρ = 4πηρ (eqs. 2.28–2.29)
@@ -220,8 +220,11 @@ for _r, _tr in _TERMS.items():
                             math.comb(_u, _k) * math.comb(_v, _l))
 
 
-def _fisher_blocks(geom, prof, c, r, e, w, pm, pn) -> tuple[torch.Tensor, torch.Tensor]:
+def _fisher_blocks(geom, prof, c, r, e, w, pm, pn):
     """4×4 Fisher blocks F[(m, ·), (n, ·)] of every overlapping pair and the background column F[(n, ·), ζ].
+
+    Returns ``(Fp, Fz, pm, pn)``: blocks (E, 4, 4), background column (N, 4), and the pairs in the order of
+    ``Fp`` (sorted by m).
 
     Why hand-written: every derivative window is a sum of separable products (g_y d_y^s) ⊗ (g_x d_x^t), so a pair
     block is a fixed polynomial (in the offset δ of the two centres, see ``_PAIR_MAP``) of 5×5 "pair moments"
@@ -275,8 +278,7 @@ def _fisher_blocks(geom, prof, c, r, e, w, pm, pn) -> tuple[torch.Tensor, torch.
     Ym, Xm = prof.vy[0], prof.vx[0]  # (N, 3, P)
     mz = (Ym @ Wm) @ Xm.transpose(1, 2)  # (N, 3, 3) moments of the weights: Σ w · (each derivative term)
     Fz = (mz.reshape(N, 9) @ _SELF_MAP.to(dev).T) * coef  # (N, 4)
-    pm[:], pn[:] = pm_s, pn_s  # callers index Fp with the pairs in this order
-    return Fp, Fz
+    return Fp, Fz, pm_s, pn_s
 
 
 def _slabs(geom: M.PatchGeometry) -> np.ndarray:
