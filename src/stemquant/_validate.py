@@ -36,6 +36,8 @@ def check_image(image, *, name: str = "image", ndim: tuple[int, ...] = (2, 3), m
     if arr.ndim not in ndim:
         shapes = " or ".join({2: "(H, W)", 3: "(B, H, W)"}.get(d, f"{d}-D") for d in ndim)
         raise ValueError(f"{name} must have shape {shapes}, got shape {arr.shape}")
+    if arr.ndim == 3 and arr.shape[0] == 0:
+        raise ValueError(f"{name} is an empty stack (0 frames), shape {arr.shape}")
     if min(arr.shape[-2:]) < min_size:
         raise ValueError(f"{name} must be at least {min_size}x{min_size} pixels, got shape {arr.shape}")
     arr = arr.astype(np.float64, copy=False)

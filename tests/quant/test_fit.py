@@ -432,3 +432,8 @@ def test_converged_columns_keep_their_crlb_when_a_diverged_column_breaks_the_mod
                       width="common")
     for name in ("x_crlb", "y_crlb", "scs_crlb"):
         np.testing.assert_allclose(t.loc[:8, name], ref[name], rtol=1e-9)
+
+
+def test_empty_stack_is_a_clear_error():
+    with pytest.raises(ValueError, match="empty stack"):
+        fit_columns(np.zeros((0, 20, 20)), [[1.0, 1.0]], P)

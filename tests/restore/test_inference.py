@@ -306,3 +306,8 @@ def test_tiled_mohan_network_runs_on_a_large_odd_image(rng):
     assert out.shape == img.shape and np.all(np.isfinite(out))
     # tiles are independent: batching them must not change the result (BN in eval mode, padding per tile)
     np.testing.assert_allclose(out, restore(img, net, tile=192, overlap=16, batch_size=1), rtol=1e-5, atol=1e-6)
+
+
+def test_empty_stack_is_a_clear_error():
+    with pytest.raises(ValueError, match="empty stack"):
+        restore(np.zeros((0, 32, 32)), nn.Identity())
