@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 import scipy.linalg as sla
@@ -27,7 +26,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.dirname(__file__))
-from fit_speed import BG, DOSE, ETA, RHO, P, lattice_image, noisy  # noqa: E402
+from fit_speed import BG, DOSE, ETA, RHO, P, best_of, lattice_image, noisy  # noqa: E402
 
 from stemquant.quant import column_crlb, fit_columns  # noqa: E402
 
@@ -66,15 +65,6 @@ def dense_crlb(pos, rho, eta, bg, shape, p, dose, truncation=5.0):
     return np.sqrt(cov[i, i]), np.sqrt(cov[i + 1, i + 1]), np.sqrt(var_scs)
 
 
-def best_of(f, repeat):
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = f()
-        ts.append(time.perf_counter() - t0)
-    return min(ts), out
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="400 columns and a 20-frame stack only")
@@ -89,9 +79,9 @@ def main(argv=None):
     for nx, ny in cases:
         img, pos, _ = lattice_image(nx, ny, rng)
         n = len(pos)
-        t_ours, ours = best_of(lambda pos=pos, shape=img.shape: column_crlb(pos, RHO, ETA, BG, shape, P, DOSE,
+        t_ours, _, ours = best_of(lambda pos=pos, shape=img.shape: column_crlb(pos, RHO, ETA, BG, shape, P, DOSE,
                                                                             width="common"), args.repeat)
-        t_base, base = best_of(lambda pos=pos, shape=img.shape: dense_crlb(pos, RHO, ETA, BG, shape, P, DOSE),
+        t_base, _, base = best_of(lambda pos=pos, shape=img.shape: dense_crlb(pos, RHO, ETA, BG, shape, P, DOSE),
                                args.repeat if n <= 400 else 1)
         diff = max(float(np.max(np.abs(ours[k].to_numpy() / b - 1)))
                    for k, b in zip(("x_crlb", "y_crlb", "scs_crlb"), base, strict=True))
@@ -102,8 +92,8 @@ def main(argv=None):
     n_frames = 20 if args.quick else 100
     stack = noisy(img, rng, n_frames)
     kw = dict(dose=DOSE, noise="poisson", progress=False)
-    t_fit, _ = best_of(lambda: fit_columns(stack, start, P, crlb=False, **kw), 1)
-    t_all, _ = best_of(lambda: fit_columns(stack, start, P, crlb=True, **kw), 1)
+    t_fit, _, _ = best_of(lambda: fit_columns(stack, start, P, crlb=False, **kw), 1)
+    t_all, _, _ = best_of(lambda: fit_columns(stack, start, P, crlb=True, **kw), 1)
     print(f"[{n_frames}-frame stack of the 400-column image] fit {t_fit:.2f} s, fit + CRLB of every column and "
           f"frame {t_all:.2f} s (CRLB {1e3 * (t_all - t_fit) / n_frames:.0f} ms per frame)")
 

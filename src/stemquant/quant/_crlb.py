@@ -328,20 +328,20 @@ def _selected_covariance(Fp, Fz, Fzz, pm, pn, geom, width, background_free, t_co
     common = width == "common"
     ng = (n_types if common else 0) + (1 if background_free else 0)
     zi = n_types if common else 0  # index of ζ among the shared parameters
+    # every block in both orders: F[(n, ·), (m, ·)] = F[(m, ·), (n, ·)]ᵀ, so each entry below is added once
+    o = pm != pn
+    pm, pn = np.concatenate((pm, pn[o])), np.concatenate((pn, pm[o]))
+    Fp = torch.cat((Fp, Fp[torch.as_tensor(o, device=dev)].transpose(1, 2)))
     pm_t, pn_t = torch.as_tensor(pm, device=dev), torch.as_tensor(pn, device=dev)
     same = pm_t == pn_t
     # ---- shared-parameter border B (N, kl, ng) and C (ng, ng) --------------------------------------------------
     Bb = torch.zeros(N, kl, max(ng, 1), dtype=dt, device=dev)
     Cg = torch.zeros(max(ng, 1), max(ng, 1), dtype=dt, device=dev)
-    if common:
+    if common:  # ∂f/∂ρ_t = Σ_{n of type t} ∂f/∂ρ_n
         tm, tn = t_col[pm_t], t_col[pn_t]
         Bb[:, :3].index_put_((pm_t[:, None], torch.arange(3, device=dev), tn[:, None]), Fp[:, :3, M.RHO],
                              accumulate=True)
-        o = ~same
-        Bb[:, :3].index_put_((pn_t[o][:, None], torch.arange(3, device=dev), tm[o][:, None]), Fp[o, M.RHO, :3],
-                             accumulate=True)
         Cg.index_put_((tm, tn), Fp[:, M.RHO, M.RHO], accumulate=True)
-        Cg.index_put_((tn[o], tm[o]), Fp[o, M.RHO, M.RHO], accumulate=True)
     if background_free:
         Bb[:, :, zi] = Fz[:, :kl]
         if common:
@@ -350,7 +350,7 @@ def _selected_covariance(Fp, Fz, Fzz, pm, pn, geom, width, background_free, t_co
         Cg[zi, zi] = Fzz
     Fl = Fp[:, :kl, :kl]
     # ---- Jacobi scaling; parameters without information are decoupled --------------------------------------
-    diag_l = torch.diagonal(Fl[same], dim1=-2, dim2=-1)  # (N, kl), pairs (m, m) come first in column order
+    diag_l = torch.diagonal(Fl[same], dim1=-2, dim2=-1)  # (N, kl) from the pairs (m, m)
     diag_l = torch.zeros(N, kl, dtype=dt, device=dev).index_copy_(0, pm_t[same], diag_l)
     diag_g = torch.diagonal(Cg)[:ng]
     dmax = torch.cat((diag_l.reshape(-1), diag_g)).max()
@@ -372,25 +372,21 @@ def _selected_covariance(Fp, Fz, Fzz, pm, pn, geom, width, background_free, t_co
     sm, sn = slab[pm], slab[pn]
     if np.any(np.abs(sm - sn) > 1):
         raise RuntimeError("internal error: overlapping windows in non-adjacent slabs")
-    # flat buffer: diagonal blocks D_k (n_k × n_k) then sub-diagonal blocks S_k (n_{k+1} × n_k)
+    # flat buffer: diagonal blocks D_k (n_k × n_k) then sub-diagonal blocks S_k (n_{k+1} × n_k); the entry of the
+    # ordered pair (m, n) goes to row (m, r) and column (n, q) of D_k (same slab) or S_k (m in slab k + 1, n in k);
+    # pairs with m in the lower slab are the transposes of those and are not needed
     d_base = np.concatenate(([0], np.cumsum(n_k * n_k)[:-1]))
     s_sizes = n_k[1:] * n_k[:-1]
     s_base = int((n_k * n_k).sum()) + np.concatenate(([0], np.cumsum(s_sizes)[:-1])).astype(np.int64)
     buf = torch.zeros(int((n_k * n_k).sum() + s_sizes.sum()), dtype=dt, device=dev)
+    keep = sm >= sn
+    base = np.where(sm == sn, d_base[sn], np.append(s_base, 0)[sn])[keep]  # S_k starts at s_base[k], k = slab of n
     rr = np.arange(kl)
-    om = (pos_in[pm] * kl)[:, None, None] + rr[None, :, None]  # row of (m, r) inside its slab, (E, kl, 1)
-    on = (pos_in[pn] * kl)[:, None, None] + rr[None, None, :]  # column of (n, q), (E, 1, kl)
-    idx = np.empty((len(pm), kl, kl), dtype=np.int64)
-    eq, up, down = sm == sn, sn == sm + 1, sn == sm - 1
-    idx[eq] = (d_base[sm] + 0)[eq, None, None] + om[eq] * n_k[sm][eq, None, None] + on[eq]
-    idx[up] = s_base[sm[up], None, None] + on[up] * n_k[sm[up]][:, None, None] + om[up]  # S_k[(n,q), (m,r)]
-    idx[down] = s_base[sn[down], None, None] + om[down] * n_k[sn[down]][:, None, None] + on[down]
-    buf.index_add_(0, torch.as_tensor(idx.reshape(-1), device=dev), Fl.reshape(-1))
-    o = eq & (pm != pn)  # the mirrored half of off-diagonal blocks within a slab
-    on_t, om_t = on[o].transpose(0, 2, 1), om[o].transpose(0, 2, 1)
-    idx_t = d_base[sm[o], None, None] + on_t * n_k[sm[o]][:, None, None] + om_t
-    Fl_t = Fl[torch.as_tensor(o, device=dev)].transpose(1, 2)
-    buf.index_add_(0, torch.as_tensor(idx_t.reshape(-1), device=dev), Fl_t.reshape(-1))
+    row = (pos_in[pm[keep]] * kl)[:, None, None] + rr[None, :, None]  # (m, r) inside its slab, (E', kl, 1)
+    col = (pos_in[pn[keep]] * kl)[:, None, None] + rr[None, None, :]  # (n, q) inside its slab, (E', 1, kl)
+    idx = base[:, None, None] + row * n_k[sn[keep]][:, None, None] + col
+    Fk = Fl[torch.as_tensor(keep, device=dev)]
+    buf.index_add_(0, torch.as_tensor(idx.reshape(-1), device=dev), Fk.reshape(-1))
     Dk = [buf[d_base[k]: d_base[k] + n_k[k] ** 2].view(int(n_k[k]), int(n_k[k])) for k in range(K)]
     Sk = [buf[s_base[k]: s_base[k] + s_sizes[k]].view(int(n_k[k + 1]), int(n_k[k])) for k in range(K - 1)]
     # per-slab parameter order: column-major within the slab, (x, y, η[, ρ]) per column

@@ -783,22 +783,22 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
     if crlb:
         stats = "poisson" if (dose is not None or noise == "poisson") else "gaussian"
         sig = np.sqrt(st["sigma2"].cpu().numpy()) / scale
-        cr = crlb_from_state(
-            np.stack((x, y), -1), rho, eta, zeta, img3.shape[1:], p, dose=dose, noise=stats, noise_sigma=sig,
-            width=width_mode, background_free=fixed_bg is None, types=types, device=st["col"].device,
-            invalid="nan",
-        )
+
+        def bounds(f, k):  # CRLB of frames f (slice) restricted to the columns k
+            return crlb_from_state(
+                np.stack((x[f][:, k], y[f][:, k]), -1), rho[f][:, k], eta[f][:, k], zeta[f], img3.shape[1:], p,
+                dose=dose, noise=stats, noise_sigma=sig[f], width=width_mode, background_free=fixed_bg is None,
+                types=types[k], device=st["col"].device, invalid="nan",
+            )
+
+        cr = bounds(slice(None), slice(None))
         bad = np.isnan(cr["x_crlb"]).all(axis=1)
         retried = 0
         for f in np.flatnonzero(bad & conv.any(axis=1) & ~conv.all(axis=1)):
             # one diverged column (negative height, collapsed onto its neighbour) can make the whole model invalid
             # for the bound; the converged columns get theirs from the model without the unconverged ones
             k = conv[f]
-            sub = crlb_from_state(
-                np.stack((x[f, k], y[f, k]), -1)[None], rho[f, k][None], eta[f, k][None], zeta[f : f + 1],
-                img3.shape[1:], p, dose=dose, noise=stats, noise_sigma=sig[f : f + 1], width=width_mode,
-                background_free=fixed_bg is None, types=types[k], device=st["col"].device, invalid="nan",
-            )
+            sub = bounds(slice(f, f + 1), k)
             for name, v in sub.items():
                 cr[name][f, k] = v[0]
             retried += int(not np.isnan(sub["x_crlb"]).all())
