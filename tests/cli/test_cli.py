@@ -170,9 +170,22 @@ def test_count_with_a_bundled_library_by_name(tmp_path, rng):
               "--out", str(tmp_path / "c2.csv")])
 
 
-def test_fit_noise_defaults_to_poisson_with_a_dose():
-    args = build_parser().parse_args(["fit", "x.npy", "--dose", "1e3"])
-    assert args.noise == "auto"
+def test_fit_noise_defaults_to_poisson_with_a_dose(tmp_path, rng):
+    """Without --noise, a fit with --dose is the Poisson-ML fit (and measurably not the least-squares one)."""
+    from stemquant.quant import fit_columns, save_positions
+
+    img = tmp_path / "img.npy"
+    pos, dose = _lattice_npy(img, rng)
+    save_positions(tmp_path / "start.csv", pos)
+    out = tmp_path / "cols.csv"
+    assert main(["fit", str(img), "--pixel-size", "0.2", "--dose", str(dose), "--positions",
+                 str(tmp_path / "start.csv"), "--out", str(out)]) == 0
+    t = pd.read_csv(out)
+    image = np.load(img)
+    poisson = fit_columns(image, pos, 0.2, dose=dose, noise="poisson").positions
+    gaussian = fit_columns(image, pos, 0.2, dose=dose, noise="gaussian").positions
+    np.testing.assert_allclose(t[["x", "y"]].to_numpy(), poisson, atol=1e-9)
+    assert np.abs(gaussian - poisson).max() > 1e-4
 
 
 @pytest.mark.parametrize("argv, match", [
