@@ -55,12 +55,17 @@ def test_common_width_per_type():
     assert list(fit.table["type"]) == list(types)
 
 
-def test_stack_equals_frame_by_frame_and_table_layout(rng):
+def _poisson_stack(rng, n_frames, dose):
+    """A 3×3 lattice, ``n_frames`` Poisson realisations at ``dose`` and one start (~0.25 px off) per frame."""
     pos, shape = lattice(3)
     img = gaussian_image(pos, 0.45, 0.05, 0.005, shape)
+    stack = rng.poisson(img * dose * P * P, size=(n_frames, *shape)) / (dose * P * P)
+    return pos, stack, pos[None] + rng.normal(0, 0.05, (n_frames, *pos.shape))
+
+
+def test_stack_equals_frame_by_frame_and_table_layout(rng):
     dose = 2e4
-    stack = rng.poisson(img * dose * P * P, size=(3, *shape)) / (dose * P * P)
-    per_frame_start = pos[None] + rng.normal(0, 0.05, (3, *pos.shape))
+    pos, stack, per_frame_start = _poisson_stack(rng, 3, dose)
     fit = fit_columns(stack, per_frame_start, P, dose=dose, noise="poisson")
     assert fit.positions.shape == (3, len(pos), 2)
     t = fit.table
@@ -73,6 +78,26 @@ def test_stack_equals_frame_by_frame_and_table_layout(rng):
         single = fit_columns(stack[b], per_frame_start[b], P, dose=dose, noise="poisson", crlb=False)
         assert np.all(np.abs(single.positions[:, 0] - fit.positions[b, :, 0]) < 0.05 * sd[b])
         assert np.all(np.abs(single.scs - fit.scs[b]) < 0.05 * t["scs_crlb"].to_numpy().reshape(3, -1)[b])
+
+
+def test_threaded_frame_batches_give_the_same_fit_and_bounds(rng):
+    """workers only changes which thread fits a batch: same batches, same numbers (CRLB included), same order."""
+    dose = 2e4
+    _, stack, start = _poisson_stack(rng, 5, dose)
+    kw = dict(dose=dose, noise="poisson", frames_per_batch=1, progress=False)
+    one = fit_columns(stack, start, P, workers=1, **kw)
+    three = fit_columns(stack, start, P, workers=3, **kw)
+    pd.testing.assert_frame_equal(one.table, three.table, check_exact=True)
+    np.testing.assert_array_equal(one.n_iter, three.n_iter)
+    assert np.isfinite(three.table["x_crlb"]).all()
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
+def test_bad_workers_is_a_clear_error(workers):
+    pos, shape = lattice(2)
+    img = gaussian_image(pos, 0.45, 1.0, 0.1, shape)
+    with pytest.raises(ValueError, match="workers"):
+        fit_columns(img, pos, P, workers=workers, crlb=False)
 
 
 def _efficiency_run(noise, width, dose, n_frames, rng, n=4):

@@ -117,13 +117,14 @@ def column_crlb(
 
 
 def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, width, background_free, types,
-                    truncation: float = 5.0, device="cpu", invalid: str = "raise") -> dict[str, np.ndarray]:
+                    truncation: float = 5.0, device="cpu", invalid: str = "raise", pool=None) -> dict[str, np.ndarray]:
     """CRLB of a batch of frames; arrays in Å and image units with a leading frame axis. See ``column_crlb``.
 
     Frames are processed one after the other (each has its own column positions, hence its own coupling
     pattern); within a frame everything is vectorised and runs on ``device``. ``invalid="nan"`` gives a frame
     whose model has no bound (non-positive Poisson intensity, singular Fisher matrix — e.g. a diverged fit) NaN
     bounds instead of raising; ``fit_columns`` uses it so that such a frame does not cost the whole fit.
+    ``pool`` (an object with an ordered ``map``, e.g. a ``ThreadPoolExecutor``) computes frames concurrently.
     """
     B, N, _ = pos.shape
     dev = torch.device(device)
@@ -139,17 +140,20 @@ def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, 
     n_types = int(types.max()) + 1
     t_col = torch.as_tensor(types, dtype=torch.long, device=dev)
     out = {k: np.empty((B, N)) for k in ("x_crlb", "y_crlb", "scs_crlb")}
-    for f in range(B):
+
+    def frame(f):
         try:
             if not bool(finite[f].all()) or not bool((r_all[f] > 0).all()) or not math.isfinite(float(zeta[f])):
                 raise ValueError("non-finite or non-positive parameters")
-            bounds = _frame_crlb(c_all[f], r_all[f], e_all[f], float(zeta[f]) * scale, shape, h, noise,
-                                 None if noise_sigma is None else float(noise_sigma[f]) * scale, width,
-                                 background_free, t_col, n_types, dev)
+            return _frame_crlb(c_all[f], r_all[f], e_all[f], float(zeta[f]) * scale, shape, h, noise,
+                               None if noise_sigma is None else float(noise_sigma[f]) * scale, width,
+                               background_free, t_col, n_types, dev)
         except ValueError:
             if invalid == "raise":
                 raise
-            bounds = (np.full(N, np.nan),) * 3
+            return (np.full(N, np.nan),) * 3
+
+    for f, bounds in enumerate(map(frame, range(B)) if pool is None else pool.map(frame, range(B))):
         for k, v in zip(("x_crlb", "y_crlb", "scs_crlb"), bounds, strict=True):
             out[k][f] = v
     out["x_crlb"] *= p

@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -100,6 +102,7 @@ def fit_columns(
     dtype: torch.dtype = torch.float64,
     frames_per_batch: int | None = None,
     num_threads: int | None = 1,
+    workers: int | None = None,
     progress: bool | None = None,
 ) -> FitResult:
     """Fit a constant background plus one round Gaussian per atomic column to an image or a stack of frames.
@@ -147,6 +150,11 @@ def fit_columns(
         Torch intra-op threads used on a CPU during the fit (restored afterwards); None keeps torch's setting.
         The kernels are many small operations: one thread was 10x faster than two on a loaded 2-core machine
         (benchmarks/RESULTS.md); parallelise over frames or images instead.
+    workers : int, optional
+        Frame batches fitted concurrently on a CPU, each in its own thread with ``num_threads`` torch threads (torch
+        releases the interpreter lock inside its kernels). Default: as many as the available cores allow
+        (``cores // num_threads``; 1 when ``num_threads`` is None), at most the number of batches. Batches are the
+        same whatever the number of workers, so are the results. Ignored on a GPU (one stream).
     progress : bool, optional
         Show a tqdm progress bar over frame batches (default: when there is more than one batch).
 
@@ -229,31 +237,28 @@ def fit_columns(
     budget = 1e6 if dev.type == "cpu" else 2e7
     chunk = frames_per_batch or max(1, int(budget // max(1, N * (2 * h + 1) ** 2)))
     starts = range(0, B, chunk)
+    n_workers = _n_workers(workers, num_threads, dev, len(starts))
     show = progress if progress is not None else len(starts) > 1
-    outs = []
-    iterator = starts
-    if show:
-        from tqdm.auto import tqdm
 
-        iterator = tqdm(starts, desc="fitting frames", unit="batch")
-    with _cpu_threads(num_threads if dev.type == "cpu" else None):
-        for s in iterator:
-            sl = slice(s, min(B, s + chunk))
-            outs.append(
-                _fit_batch(
-                    torch.as_tensor(data_all[sl], dtype=dtype, device=dev),
-                    torch.as_tensor(np.ascontiguousarray(c0[sl]), dtype=dtype, device=dev),
-                    torch.as_tensor(rho0[sl], dtype=dtype, device=dev),
-                    torch.as_tensor(types_arr, device=dev),
-                    noise=noise,
-                    width_mode="fixed" if fixed_width is not None else width,
-                    fixed_bg=None if fixed_bg is None else fixed_bg * scale,
-                    max_iter=max_iter,
-                    truncation=truncation,
-                )
-            )
+    def fit(s):
+        sl = slice(s, min(B, s + chunk))
+        return _fit_batch(
+            torch.as_tensor(data_all[sl], dtype=dtype, device=dev),
+            torch.as_tensor(np.ascontiguousarray(c0[sl]), dtype=dtype, device=dev),
+            torch.as_tensor(rho0[sl], dtype=dtype, device=dev),
+            torch.as_tensor(types_arr, device=dev),
+            noise=noise,
+            width_mode="fixed" if fixed_width is not None else width,
+            fixed_bg=None if fixed_bg is None else fixed_bg * scale,
+            max_iter=max_iter,
+            truncation=truncation,
+        )
+
+    with _cpu_threads(num_threads if dev.type == "cpu" else None), _pool(n_workers) as pool:
+        outs = list(_progress(pool.map(fit, starts), show, len(starts)))
         st = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
-        return _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types_arr, crlb, stack)
+        return _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types_arr, crlb, stack,
+                         pool)
 
 
 def _least_squares_at_low_counts(img3, scale, noise, dose) -> bool:
@@ -273,6 +278,43 @@ def _cpu_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def _n_workers(workers, num_threads, dev, n_batches: int) -> int:
+    """Threads fitting frame batches concurrently (see ``fit_columns``)."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be an integer >= 1 or None, got {workers!r}")
+    if dev.type != "cpu":
+        return 1
+    if workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = 1 if num_threads is None else max(1, cores // max(1, int(num_threads)))
+    return max(1, min(workers, n_batches))
+
+
+class _Serial:
+    """Stand-in for a thread pool of one: ``map`` runs in the calling thread."""
+
+    def map(self, fn, items):
+        return map(fn, items)
+
+
+@contextlib.contextmanager
+def _pool(n: int):
+    """A thread pool of ``n`` workers (ordered ``map``), or the calling thread alone for n = 1."""
+    if n <= 1:
+        yield _Serial()
+        return
+    with ThreadPoolExecutor(n) as ex:
+        yield ex
+
+
+def _progress(results, show: bool, total: int):
+    if not show:
+        return results
+    from tqdm.auto import tqdm
+
+    return tqdm(results, total=total, desc="fitting frames", unit="batch")
 
 
 def _check_types(types, n: int) -> np.ndarray:
@@ -764,7 +806,7 @@ def _preconditioner(cb, C, Gm0, lam, fc, fg, lo, dsrc=None):
     return tuple(t.to(lo) for t in (Pc_inv, C, K, S_inv, Dcol, Dglob))
 
 
-def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types, crlb, stack) -> FitResult:
+def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types, crlb, stack, pool) -> FitResult:
     col = st["col"].cpu().numpy()
     B, N, _ = col.shape
     x = (col[..., M.CX] + 0.5) * p
@@ -788,7 +830,7 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
             return crlb_from_state(
                 np.stack((x[f][:, k], y[f][:, k]), -1), rho[f][:, k], eta[f][:, k], zeta[f], img3.shape[1:], p,
                 dose=dose, noise=stats, noise_sigma=sig[f], width=width_mode, background_free=fixed_bg is None,
-                types=types[k], device=st["col"].device, invalid="nan",
+                types=types[k], device=st["col"].device, invalid="nan", pool=pool,
             )
 
         cr = bounds(slice(None), slice(None))
