@@ -56,7 +56,7 @@ def _cmd_fit(args) -> int:
         print(f"found {len(positions)} columns")
     noise = args.noise if args.noise != "auto" else ("poisson" if args.dose is not None else "gaussian")
     fit = fit_columns(image, positions, pixel_size, dose=args.dose, width=args.width, noise=noise,
-                      device=args.device, progress=True if image.ndim == 3 else None)
+                      device=args.device, workers=args.workers, progress=True if image.ndim == 3 else None)
     write_csv_atomic(fit.table, out, overwrite=args.overwrite)
     conv = fit.table["converged"].mean()
     print(f"fitted {len(fit.table)} columns ({100 * conv:.1f}% converged) -> {out}")
@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fitting criterion: least squares (gaussian) or Poisson ML; auto (default) = poisson when "
                         "--dose is given (efficient at low dose), gaussian otherwise")
     f.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    f.add_argument("--workers", type=int, default=None,
+                   help="CPU threads fitting the frames of a stack concurrently (default: one per core)")
     f.add_argument("--out", help="output CSV (default: IMAGE.columns.csv)")
     f.add_argument("--plot", help="PNG with the image and fitted columns")
     f.add_argument("--overwrite", action="store_true", help="replace existing output files")

@@ -55,6 +55,12 @@ def test_fit_then_count(tmp_path, rng):
     assert main(["count", str(out), "--max-components", "3", "--out", str(counts)]) == 2
 
 
+def _one_column(tmp_path):
+    path = tmp_path / "one.csv"
+    pd.DataFrame({"x": [3.0], "y": [3.0]}).to_csv(path, index=False)
+    return path
+
+
 def test_fit_bad_inputs_give_clear_errors(tmp_path, capsys):
     bad = tmp_path / "nan.npy"
     a = np.ones((30, 30))
@@ -63,6 +69,11 @@ def test_fit_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert main(["fit", str(bad), "--pixel-size", "0.2"]) == 2
     assert "NaN" in capsys.readouterr().err
     assert main(["fit", str(tmp_path / "missing.npy"), "--pixel-size", "0.2"]) == 2
+    capsys.readouterr()
+    np.save(tmp_path / "ones.npy", np.ones((30, 30)))
+    assert main(["fit", str(tmp_path / "ones.npy"), "--pixel-size", "0.2", "--positions", str(_one_column(tmp_path)),
+                 "--workers", "0"]) == 2
+    assert "workers" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["fit", str(bad), "--pixel-size", "-1"])
 

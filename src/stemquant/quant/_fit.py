@@ -209,6 +209,8 @@ def fit_columns(
     check_positive(truncation, "truncation", "widths")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be an integer >= 1 or None, got {workers!r}")
     if noise == "poisson" and fixed_bg is not None and fixed_bg <= 0:
         raise ValueError(
             f"background fixed at {fixed_bg} with noise='poisson': the Poisson model needs a positive background "
@@ -281,9 +283,7 @@ def _cpu_threads(n: int | None):
 
 
 def _n_workers(workers, num_threads, dev, n_batches: int) -> int:
-    """Threads fitting frame batches concurrently (see ``fit_columns``)."""
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be an integer >= 1 or None, got {workers!r}")
+    """Threads fitting frame batches concurrently (see ``fit_columns``; ``workers`` already validated)."""
     if dev.type != "cpu":
         return 1
     if workers is None:
