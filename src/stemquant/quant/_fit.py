@@ -154,7 +154,8 @@ def fit_columns(
         Frame batches fitted concurrently on a CPU, each in its own thread with ``num_threads`` torch threads (torch
         releases the interpreter lock inside its kernels). Default: as many as the available cores allow
         (``cores // num_threads``; 1 when ``num_threads`` is None), at most the number of batches. Batches are the
-        same whatever the number of workers, so are the results. Ignored on a GPU (one stream).
+        same whatever the number of workers, so are the results. The CRLBs are computed frame by frame on the same
+        threads. Ignored on a GPU (one stream).
     progress : bool, optional
         Show a tqdm progress bar over frame batches (default: when there is more than one batch).
 
@@ -239,7 +240,7 @@ def fit_columns(
     budget = 1e6 if dev.type == "cpu" else 2e7
     chunk = frames_per_batch or max(1, int(budget // max(1, N * (2 * h + 1) ** 2)))
     starts = range(0, B, chunk)
-    n_workers = _n_workers(workers, num_threads, dev, len(starts))
+    n_workers = _n_workers(workers, num_threads, dev, B if crlb else len(starts))  # the CRLB goes frame by frame
     show = progress if progress is not None else len(starts) > 1
 
     def fit(s):
@@ -282,14 +283,14 @@ def _cpu_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def _n_workers(workers, num_threads, dev, n_batches: int) -> int:
-    """Threads fitting frame batches concurrently (see ``fit_columns``; ``workers`` already validated)."""
+def _n_workers(workers, num_threads, dev, n_tasks: int) -> int:
+    """Threads for ``n_tasks`` concurrent frame batches or frames (see ``fit_columns``; ``workers`` validated)."""
     if dev.type != "cpu":
         return 1
     if workers is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         workers = 1 if num_threads is None else max(1, cores // max(1, int(num_threads)))
-    return max(1, min(workers, n_batches))
+    return max(1, min(workers, n_tasks))
 
 
 class _Serial:
