@@ -92,6 +92,29 @@ def test_threaded_frame_batches_give_the_same_fit_and_bounds(rng):
     assert np.isfinite(three.table["x_crlb"]).all()
 
 
+def test_an_error_in_one_batch_cancels_the_batches_not_started():
+    """An error (or Ctrl-C) while fitting a long stack must not leave the other batches running to the end."""
+    import threading
+    import time
+
+    from stemquant.quant._fit import _pool
+
+    started = []
+    lock = threading.Lock()
+
+    def task(i):
+        with lock:
+            started.append(i)
+        if i == 0:
+            raise ValueError("bad batch")
+        time.sleep(0.01)
+        return i
+
+    with pytest.raises(ValueError, match="bad batch"), _pool(2) as pool:
+        list(pool.map(task, range(200)))
+    assert len(started) < 20  # without cancelling, all 200 would run (~1 s); the few already running finish
+
+
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
 def test_bad_workers_is_a_clear_error(workers):
     pos, shape = lattice(2)

@@ -302,7 +302,11 @@ class _Serial:
 
 @contextlib.contextmanager
 def _pool(n: int):
-    """A thread pool of ``n`` workers (ordered ``map``), or the calling thread alone for n = 1."""
+    """A thread pool of ``n`` workers (ordered ``map``), or the calling thread alone for n = 1.
+
+    ``Executor.map`` cancels the batches not yet started when a result raises or the wait is interrupted (Ctrl-C):
+    only those running finish.
+    """
     if n <= 1:
         yield _Serial()
         return
