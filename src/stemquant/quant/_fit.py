@@ -40,6 +40,9 @@ _WIDTH_MODES = ("common", "individual")
 # (Poisson) or units of σ² (least squares); 5e-5 means the step moved it by ~1e-2 of its statistical uncertainty.
 _STOP_SHARE = 5e-5
 _NEWTON = True
+# A CPU stack is split into at least this many batches (13 frames of a 25-column image per batch were as fast per
+# frame as one batch of 100 in benchmarks/fit_precision.py's sweep): room for up to 8 worker threads.
+_MIN_CPU_BATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -144,8 +147,8 @@ def fit_columns(
     dtype : torch.dtype
         Working precision (float64 by default; float32 is faster on GPUs).
     frames_per_batch : int, optional
-        Frames processed together. By default a batch holds about 10⁶ window pixels on a CPU (cache-sized) and
-        2·10⁷ on a GPU.
+        Frames processed together. By default a batch holds about 10⁶ window pixels on a CPU (cache-sized; and a
+        stack is split into at least 8 batches, for ``workers``) and 2·10⁷ on a GPU.
     num_threads : int or None
         Torch intra-op threads used on a CPU during the fit (restored afterwards); None keeps torch's setting.
         The kernels are many small operations: one thread was 10x faster than two on a loaded 2-core machine
@@ -235,10 +238,16 @@ def fit_columns(
         else (np.full(B, width_init / p) if width_init is not None else _estimate_width(data_all, c0))
     )
     h = int(math.ceil(truncation * float(rho0.max())))
-    # Frames per batch: on a CPU keep the window arrays cache-sized (larger batches were slower per column);
-    # on a GPU fill the device.
-    budget = 1e6 if dev.type == "cpu" else 2e7
-    chunk = frames_per_batch or max(1, int(budget // max(1, N * (2 * h + 1) ** 2)))
+    # Frames per batch: on a CPU keep the window arrays cache-sized (larger batches were slower per column) and
+    # split a stack into at least _MIN_CPU_BATCHES batches, so that up to that many worker threads share it
+    # whatever the machine (the split does not depend on the cores: neither do the numbers); on a GPU fill the
+    # device.
+    if frames_per_batch:
+        chunk = frames_per_batch
+    elif dev.type == "cpu":
+        chunk = max(1, min(int(1e6 // max(1, N * (2 * h + 1) ** 2)), -(-B // _MIN_CPU_BATCHES)))
+    else:
+        chunk = max(1, int(2e7 // max(1, N * (2 * h + 1) ** 2)))
     starts = range(0, B, chunk)
     n_workers = _n_workers(workers, num_threads, dev, B if crlb else len(starts))  # the CRLB goes frame by frame
     show = progress if progress is not None else len(starts) > 1
