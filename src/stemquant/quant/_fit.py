@@ -535,6 +535,15 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         step_c, step_g, pred, blocks, share, n_cg, took_newton = _solve_step(
             prob, st, prof, f, lam, cg_iter=30, cg_tol=1e-2, blocks=None if refresh else blocks, newton=newton)
         newton_ok &= took_newton | ~newton
+        # A frame whose nearly undamped step would move every column by < 1e-2 of its statistical uncertainty (the
+        # stopping test below, applied before the step) is at its optimum: it stops without evaluating the step.
+        unit = 1.0 if noise == "poisson" else 2 * obj / npix
+        settled = ~done & (share <= _STOP_SHARE * unit) & (lam <= 1e-3)
+        if bool(settled.any()):
+            n_iter += settled.long()
+            done = done | settled
+            if bool(done.all()):
+                break
         step_c = step_c * (~done)[:, None, None]
         step_g = step_g * (~done)[:, None]
         trial = _State(st.col + step_c, st.glob + step_g, types, st.width_mode)
@@ -567,7 +576,6 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # column's share of the predicted decrease, ½δₙᵀgₙ ≈ ½‖δₙ‖²_F, is in log-likelihood units for Poisson and
         # in units of σ² (estimated from the residuals) for least squares. Per column, so the test does not
         # tighten with the number of columns. The relative-change test ends noise-free fits.
-        unit = 1.0 if noise == "poisson" else 2 * obj / npix
         small = (share <= _STOP_SHARE * unit) | ((obj - tobj).abs() <= 1e-13 * (1 + obj.abs()))
         n_iter += (~done).long()
         # Switch to Newton steps once the last step moved every column by < ~14 of its statistical uncertainties
