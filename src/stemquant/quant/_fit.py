@@ -355,14 +355,19 @@ def _estimate_width(data: np.ndarray, c0: np.ndarray) -> np.ndarray:
     out = np.empty(B)
     for b in range(B):
         c = c0[b]
-        dnn = float(np.median(cKDTree(c).query(c, k=2)[0][:, 1])) if len(c) > 1 else 16.0
-        sm = gaussian_filter(data[b], 1.0)
-        sm = sm - np.percentile(sm, 2)
+        # a start value: ~256 evenly picked columns give the medians well enough, float32 smoothing and a
+        # subsampled 2nd percentile as background (together ~3x faster for a 400-column image)
+        sub = c[:: max(1, len(c) // 256)]
+        dnn = float(np.median(cKDTree(c).query(sub, k=2)[0][:, 1])) if len(c) > 1 else 16.0
+        sm = gaussian_filter(data[b].astype(np.float32), 1.0)
+        few = sm.ravel()[:: max(1, sm.size // 20000)]
+        k = int(0.02 * (len(few) - 1))
+        sm -= np.partition(few, k)[k]
         ri = int(math.ceil(max(1.5, dnn / 2)))
         yy, xx = np.mgrid[-ri : ri + 1, -ri : ri + 1]
         disc = (xx**2 + yy**2) <= max(1.5, dnn / 2) ** 2
-        i = np.round(c[:, 1]).astype(int)
-        j = np.round(c[:, 0]).astype(int)
+        i = np.round(sub[:, 1]).astype(int)
+        j = np.round(sub[:, 0]).astype(int)
         inside = (i >= ri) & (j >= ri) & (i < H - ri) & (j < W - ri)
         i, j = i[inside], j[inside]
         vol = sm[i[:, None] + yy[disc][None], j[:, None] + xx[disc][None]].sum(1)
