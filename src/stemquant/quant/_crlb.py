@@ -326,124 +326,24 @@ def _selected_covariance(Fp, Fz, Fzz, pm, pn, geom, width, background_free, t_co
 
     Returns (var x, var y, var η, cov(η, ρ), var ρ) per column (zeros for ρ when widths are fixed).
     """
-    dev, dt = Fp.device, Fp.dtype
     N = Fz.shape[0]
     kl = 4 if width == "individual" else 3
     common = width == "common"
-    ng = (n_types if common else 0) + (1 if background_free else 0)
-    zi = n_types if common else 0  # index of ζ among the shared parameters
     # every block in both orders: F[(n, ·), (m, ·)] = F[(m, ·), (n, ·)]ᵀ, so each entry below is added once
     o = pm != pn
     pm, pn = np.concatenate((pm, pn[o])), np.concatenate((pn, pm[o]))
-    Fp = torch.cat((Fp, Fp[torch.as_tensor(o, device=dev)].transpose(1, 2)))
-    pm_t, pn_t = torch.as_tensor(pm, device=dev), torch.as_tensor(pn, device=dev)
-    same = pm_t == pn_t
-    # ---- shared-parameter border B (N, kl, ng) and C (ng, ng) --------------------------------------------------
-    Bb = torch.zeros(N, kl, max(ng, 1), dtype=dt, device=dev)
-    Cg = torch.zeros(max(ng, 1), max(ng, 1), dtype=dt, device=dev)
-    if common:  # ∂f/∂ρ_t = Σ_{n of type t} ∂f/∂ρ_n
-        tm, tn = t_col[pm_t], t_col[pn_t]
-        Bb[:, :3].index_put_((pm_t[:, None], torch.arange(3, device=dev), tn[:, None]), Fp[:, :3, M.RHO],
-                             accumulate=True)
-        Cg.index_put_((tm, tn), Fp[:, M.RHO, M.RHO], accumulate=True)
-    if background_free:
-        Bb[:, :, zi] = Fz[:, :kl]
-        if common:
-            Cg[:n_types, zi].index_add_(0, t_col, Fz[:, M.RHO])
-            Cg[zi, :n_types] = Cg[:n_types, zi]
-        Cg[zi, zi] = Fzz
-    Fl = Fp[:, :kl, :kl]
-    # ---- Jacobi scaling; parameters without information are decoupled --------------------------------------
-    diag_l = torch.diagonal(Fl[same], dim1=-2, dim2=-1)  # (N, kl) from the pairs (m, m)
-    diag_l = torch.zeros(N, kl, dtype=dt, device=dev).index_copy_(0, pm_t[same], diag_l)
-    diag_g = torch.diagonal(Cg)[:ng]
-    dmax = torch.cat((diag_l.reshape(-1), diag_g)).max()
-    known_l, known_g = diag_l > 1e-14 * dmax, diag_g > 1e-14 * dmax
-    s_l = torch.where(known_l, diag_l.clamp_min(1e-300).rsqrt(), 0.0)
-    s_g = torch.where(known_g, diag_g.clamp_min(1e-300).rsqrt(), 0.0)
-    Fl = Fl * s_l[pm_t][:, :, None] * s_l[pn_t][:, None, :]
-    Bb = Bb[..., :ng] * s_l[..., None] * s_g
-    Cg = Cg[:ng, :ng] * s_g[:, None] * s_g + torch.diag((~known_g).to(dt))
-    # ---- block-tridiagonal assembly of A ------------------------------------------------------------------------
+    Fp = torch.cat((Fp, Fp[torch.as_tensor(o, device=Fp.device)].transpose(1, 2)))
+    Bb, Cg = _border(Fp, Fz, Fzz, pm, pn, N, kl, common, background_free, t_col, n_types)
+    Fl, Bb, Cg, s_l, s_g, known_l, known_g = _jacobi_scaled(Fp[:, :kl, :kl], Bb, Cg, pm, pn, N)
     slab = _slabs(geom)
-    K = int(slab.max()) + 1
-    order = np.lexsort((np.arange(N), slab))  # columns slab by slab
-    pos_in = np.empty(N, dtype=np.int64)
-    counts = np.bincount(slab, minlength=K)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    pos_in[order] = np.arange(N) - np.repeat(starts, counts)
-    n_k = counts * kl
-    sm, sn = slab[pm], slab[pn]
-    if np.any(np.abs(sm - sn) > 1):
-        raise RuntimeError("internal error: overlapping windows in non-adjacent slabs")
-    # flat buffer: diagonal blocks D_k (n_k × n_k) then sub-diagonal blocks S_k (n_{k+1} × n_k); the entry of the
-    # ordered pair (m, n) goes to row (m, r) and column (n, q) of D_k (same slab) or S_k (m in slab k + 1, n in k);
-    # pairs with m in the lower slab are the transposes of those and are not needed
-    d_base = np.concatenate(([0], np.cumsum(n_k * n_k)[:-1]))
-    s_sizes = n_k[1:] * n_k[:-1]
-    s_base = int((n_k * n_k).sum()) + np.concatenate(([0], np.cumsum(s_sizes)[:-1])).astype(np.int64)
-    buf = torch.zeros(int((n_k * n_k).sum() + s_sizes.sum()), dtype=dt, device=dev)
-    keep = sm >= sn
-    base = np.where(sm == sn, d_base[sn], np.append(s_base, 0)[sn])[keep]  # S_k starts at s_base[k], k = slab of n
-    rr = np.arange(kl)
-    row = (pos_in[pm[keep]] * kl)[:, None, None] + rr[None, :, None]  # (m, r) inside its slab, (E', kl, 1)
-    col = (pos_in[pn[keep]] * kl)[:, None, None] + rr[None, None, :]  # (n, q) inside its slab, (E', 1, kl)
-    idx = base[:, None, None] + row * n_k[sn[keep]][:, None, None] + col
-    Fk = Fl[torch.as_tensor(keep, device=dev)]
-    buf.index_add_(0, torch.as_tensor(idx.reshape(-1), device=dev), Fk.reshape(-1))
-    Dk = [buf[d_base[k]: d_base[k] + n_k[k] ** 2].view(int(n_k[k]), int(n_k[k])) for k in range(K)]
-    Sk = [buf[s_base[k]: s_base[k] + s_sizes[k]].view(int(n_k[k + 1]), int(n_k[k])) for k in range(K - 1)]
-    # per-slab parameter order: column-major within the slab, (x, y, η[, ρ]) per column
-    slab_cols = [torch.as_tensor(order[starts[k]: starts[k] + counts[k]], device=dev) for k in range(K)]
-    Bk = [Bb[sc].reshape(len(sc) * kl, ng) for sc in slab_cols]
+    Dk, Sk, slab_cols = _tridiagonal_blocks(Fl, pm, pn, slab, kl)
     unknown = [(~known_l[sc]).reshape(-1) for sc in slab_cols]
-    # ---- block Cholesky A = L Lᵀ -------------------------------------------------------------------------------------
-    L, Lsub = [], []
-    for k in range(K):
-        A = Dk[k] + torch.diag(unknown[k].to(dt))
-        if k:
-            A = A - Lsub[-1] @ Lsub[-1].T
-        Lk, info = torch.linalg.cholesky_ex(A)
-        if int(info):
-            raise ValueError("the Fisher information is singular: two columns coincide or a column has zero "
-                             "height; remove it before computing the CRLB")
-        L.append(Lk)
-        if k < K - 1:  # L_{k+1,k} = S_k L_k⁻ᵀ
-            Lsub.append(torch.linalg.solve_triangular(Lk, Sk[k].T, upper=False).T)
-    # ---- border: Z = A⁻¹ B by block forward/back substitution, Schur complement S = C − BᵀZ --------------------
-    Z = [None] * K
-    if ng:
-        y = []
-        for k in range(K):
-            rhs = Bk[k] if k == 0 else Bk[k] - Lsub[k - 1] @ y[-1]
-            y.append(torch.linalg.solve_triangular(L[k], rhs, upper=False))
-        for k in reversed(range(K)):
-            rhs = y[k] if k == K - 1 else y[k] - Lsub[k].T @ Z[k + 1]
-            Z[k] = torch.linalg.solve_triangular(L[k].T, rhs, upper=True)
-        S = Cg - sum(Bk[k].T @ Z[k] for k in range(K))
-        Ls, info = torch.linalg.cholesky_ex(S)
-        if int(info):
-            raise ValueError("the Fisher information is singular (shared width or background not determined)")
-        S_inv = torch.cholesky_inverse(Ls)
-    # ---- selected inversion: diagonal blocks of A⁻¹, last slab first ------------------------------------------
-    cov_col = torch.empty(N, kl, kl, dtype=dt, device=dev)
-    cross = torch.zeros(N, kl, max(ng, 1), dtype=dt, device=dev)  # cov((n, ·), shared)
-    Sigma = None
-    for k in reversed(range(K)):
-        Sigma_k = torch.cholesky_inverse(L[k])
-        if k < K - 1:
-            U = torch.linalg.solve_triangular(L[k].T, Lsub[k].T, upper=True)  # L_k⁻ᵀ L_{k+1,k}ᵀ
-            Sigma_k = Sigma_k + U @ Sigma @ U.T
-        Sigma = Sigma_k
-        nc = int(counts[k])
-        blocks = Sigma.view(nc, kl, nc, kl).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (nc, kl, kl)
-        if ng:
-            ZS = Z[k] @ S_inv  # (n_k, ng)
-            zc = Z[k].view(nc, kl, ng)
-            blocks = blocks + zc @ S_inv @ zc.transpose(1, 2)
-            cross[slab_cols[k], :, :ng] = -ZS.view(nc, kl, ng)
-        cov_col[slab_cols[k]] = blocks
+    L, Lsub = _block_cholesky(Dk, Sk, unknown)
+    ng = Cg.shape[0]
+    Z, S_inv = _border_solve(L, Lsub, [Bb[sc].reshape(len(sc) * kl, ng) for sc in slab_cols], Cg)
+    cov_col, cross = _selected_inverse(L, Lsub, Z, S_inv, slab_cols, N, kl)
     # ---- undo the scaling --------------------------------------------------------------------------------------------
+    dev, dt = Fp.device, Fp.dtype
     cov_col = cov_col * s_l[:, :, None] * s_l[:, None, :]
     inf = torch.tensor(float("inf"), dtype=dt, device=dev)
     var = torch.where(known_l, torch.diagonal(cov_col, dim1=-2, dim2=-1), inf)  # (N, kl)
@@ -457,3 +357,144 @@ def _selected_covariance(Fp, Fz, Fzz, pm, pn, geom, width, background_free, t_co
         c_er = cross[torch.arange(N, device=dev), M.ETA, t] * s_l[:, M.ETA] * s_rho
         return var[:, 0], var[:, 1], var[:, 2], c_er, v_rho
     return var[:, 0], var[:, 1], var[:, 2], zero, zero
+
+
+def _border(Fp, Fz, Fzz, pm, pn, N, kl, common, background_free, t_col, n_types):
+    """Couplings B (N, kl, ng) of every column with the shared parameters — one width per type (``common``; ∂f/∂ρ_t
+    = Σ_{n of type t} ∂f/∂ρ_n), then the background — and their block C (ng, ng)."""
+    dev, dt = Fp.device, Fp.dtype
+    ng = (n_types if common else 0) + (1 if background_free else 0)
+    zi = n_types if common else 0  # index of ζ among the shared parameters
+    pm_t, pn_t = torch.as_tensor(pm, device=dev), torch.as_tensor(pn, device=dev)
+    Bb = torch.zeros(N, kl, max(ng, 1), dtype=dt, device=dev)
+    Cg = torch.zeros(max(ng, 1), max(ng, 1), dtype=dt, device=dev)
+    if common:
+        tm, tn = t_col[pm_t], t_col[pn_t]
+        Bb[:, :3].index_put_((pm_t[:, None], torch.arange(3, device=dev), tn[:, None]), Fp[:, :3, M.RHO],
+                             accumulate=True)
+        Cg.index_put_((tm, tn), Fp[:, M.RHO, M.RHO], accumulate=True)
+    if background_free:
+        Bb[:, :, zi] = Fz[:, :kl]
+        if common:
+            Cg[:n_types, zi].index_add_(0, t_col, Fz[:, M.RHO])
+            Cg[zi, :n_types] = Cg[:n_types, zi]
+        Cg[zi, zi] = Fzz
+    return Bb[..., :ng], Cg[:ng, :ng]
+
+
+def _jacobi_scaled(Fl, Bb, Cg, pm, pn, N):
+    """F scaled to a unit diagonal; parameters without information (diagonal ≤ 1e-14 of the largest) are
+    decoupled. Returns the scaled blocks, border and border block, the scales and the informed-parameter flags."""
+    dev, dt = Fl.device, Fl.dtype
+    kl = Fl.shape[-1]
+    pm_t, pn_t = torch.as_tensor(pm, device=dev), torch.as_tensor(pn, device=dev)
+    same = pm_t == pn_t
+    diag_l = torch.diagonal(Fl[same], dim1=-2, dim2=-1)  # (N, kl) from the pairs (m, m)
+    diag_l = torch.zeros(N, kl, dtype=dt, device=dev).index_copy_(0, pm_t[same], diag_l)
+    diag_g = torch.diagonal(Cg)
+    dmax = torch.cat((diag_l.reshape(-1), diag_g)).max()
+    known_l, known_g = diag_l > 1e-14 * dmax, diag_g > 1e-14 * dmax
+    s_l = torch.where(known_l, diag_l.clamp_min(1e-300).rsqrt(), 0.0)
+    s_g = torch.where(known_g, diag_g.clamp_min(1e-300).rsqrt(), 0.0)
+    Fl = Fl * s_l[pm_t][:, :, None] * s_l[pn_t][:, None, :]
+    Bb = Bb * s_l[..., None] * s_g
+    Cg = Cg * s_g[:, None] * s_g + torch.diag((~known_g).to(dt))
+    return Fl, Bb, Cg, s_l, s_g, known_l, known_g
+
+
+def _tridiagonal_blocks(Fl, pm, pn, slab, kl):
+    """Diagonal blocks D_k (n_k × n_k) and sub-diagonal blocks S_k (n_{k+1} × n_k) of A, n_k = kl × the columns of
+    slab k, and the columns of each slab (their order inside it). Pairs must not skip a slab."""
+    dev, dt = Fl.device, Fl.dtype
+    N = len(slab)
+    K = int(slab.max()) + 1
+    order = np.lexsort((np.arange(N), slab))  # columns slab by slab
+    pos_in = np.empty(N, dtype=np.int64)
+    counts = np.bincount(slab, minlength=K)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    pos_in[order] = np.arange(N) - np.repeat(starts, counts)
+    n_k = counts * kl
+    sm, sn = slab[pm], slab[pn]
+    if np.any(np.abs(sm - sn) > 1):
+        raise RuntimeError("internal error: overlapping windows in non-adjacent slabs")
+    # flat buffer: the D_k, then the S_k; the entry of the ordered pair (m, n) goes to row (m, r) and column (n, q)
+    # of D_k (same slab) or S_k (m in slab k + 1, n in k); pairs with m in the lower slab are the transposes of
+    # those and are not needed
+    d_base = np.concatenate(([0], np.cumsum(n_k * n_k)[:-1]))
+    s_sizes = n_k[1:] * n_k[:-1]
+    s_base = int((n_k * n_k).sum()) + np.concatenate(([0], np.cumsum(s_sizes)[:-1])).astype(np.int64)
+    buf = torch.zeros(int((n_k * n_k).sum() + s_sizes.sum()), dtype=dt, device=dev)
+    keep = sm >= sn
+    base = np.where(sm == sn, d_base[sn], np.append(s_base, 0)[sn])[keep]  # S_k starts at s_base[k], k = slab of n
+    rr = np.arange(kl)
+    row = (pos_in[pm[keep]] * kl)[:, None, None] + rr[None, :, None]  # (m, r) inside its slab, (E', kl, 1)
+    col = (pos_in[pn[keep]] * kl)[:, None, None] + rr[None, None, :]  # (n, q) inside its slab, (E', 1, kl)
+    idx = base[:, None, None] + row * n_k[sn[keep]][:, None, None] + col
+    buf.index_add_(0, torch.as_tensor(idx.reshape(-1), device=dev), Fl[torch.as_tensor(keep, device=dev)].reshape(-1))
+    Dk = [buf[d_base[k]: d_base[k] + n_k[k] ** 2].view(int(n_k[k]), int(n_k[k])) for k in range(K)]
+    Sk = [buf[s_base[k]: s_base[k] + s_sizes[k]].view(int(n_k[k + 1]), int(n_k[k])) for k in range(K - 1)]
+    slab_cols = [torch.as_tensor(order[starts[k]: starts[k] + counts[k]], device=dev) for k in range(K)]
+    return Dk, Sk, slab_cols
+
+
+def _block_cholesky(Dk, Sk, unknown):
+    """Block Cholesky factor of the block-tridiagonal A: diagonal factors L_k and L_{k+1,k} = S_k L_k⁻ᵀ; parameters
+    flagged ``unknown`` (decoupled, zero rows) get a unit diagonal."""
+    L, Lsub = [], []
+    for k in range(len(Dk)):
+        A = Dk[k] + torch.diag(unknown[k].to(Dk[k].dtype))
+        if k:
+            A = A - Lsub[-1] @ Lsub[-1].T
+        Lk, info = torch.linalg.cholesky_ex(A)
+        if int(info):
+            raise ValueError("the Fisher information is singular: two columns coincide or a column has zero "
+                             "height; remove it before computing the CRLB")
+        L.append(Lk)
+        if k < len(Dk) - 1:
+            Lsub.append(torch.linalg.solve_triangular(Lk, Sk[k].T, upper=False).T)
+    return L, Lsub
+
+
+def _border_solve(L, Lsub, Bk, Cg):
+    """Z = A⁻¹B slab by slab (block forward and back substitution) and the inverse of the Schur complement
+    S = C − BᵀZ of the shared parameters (None without shared parameters)."""
+    K = len(L)
+    Z = [None] * K
+    if not Cg.shape[0]:
+        return Z, None
+    y = []
+    for k in range(K):
+        rhs = Bk[k] if k == 0 else Bk[k] - Lsub[k - 1] @ y[-1]
+        y.append(torch.linalg.solve_triangular(L[k], rhs, upper=False))
+    for k in reversed(range(K)):
+        rhs = y[k] if k == K - 1 else y[k] - Lsub[k].T @ Z[k + 1]
+        Z[k] = torch.linalg.solve_triangular(L[k].T, rhs, upper=True)
+    S = Cg - sum(Bk[k].T @ Z[k] for k in range(K))
+    Ls, info = torch.linalg.cholesky_ex(S)
+    if int(info):
+        raise ValueError("the Fisher information is singular (shared width or background not determined)")
+    return Z, torch.cholesky_inverse(Ls)
+
+
+def _selected_inverse(L, Lsub, Z, S_inv, slab_cols, N, kl):
+    """Diagonal kl×kl blocks of the column part of F⁻¹ (N, kl, kl) and the columns' covariances with the shared
+    parameters (N, kl, ng), last slab first."""
+    dev, dt = L[0].device, L[0].dtype
+    ng = 0 if S_inv is None else S_inv.shape[0]
+    cov_col = torch.empty(N, kl, kl, dtype=dt, device=dev)
+    cross = torch.zeros(N, kl, max(ng, 1), dtype=dt, device=dev)
+    Sigma = None
+    for k in reversed(range(len(L))):
+        Sigma_k = torch.cholesky_inverse(L[k])
+        if k < len(L) - 1:
+            U = torch.linalg.solve_triangular(L[k].T, Lsub[k].T, upper=True)  # L_k⁻ᵀ L_{k+1,k}ᵀ
+            Sigma_k = Sigma_k + U @ Sigma @ U.T
+        Sigma = Sigma_k
+        nc = len(slab_cols[k])
+        blocks = Sigma.view(nc, kl, nc, kl).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (nc, kl, kl)
+        if ng:
+            zc = Z[k].view(nc, kl, ng)
+            blocks = blocks + zc @ S_inv @ zc.transpose(1, 2)
+            cross[slab_cols[k], :, :ng] = -(Z[k] @ S_inv).view(nc, kl, ng)
+        cov_col[slab_cols[k]] = blocks
+    return cov_col, cross
