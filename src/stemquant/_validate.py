@@ -80,6 +80,12 @@ def check_probability(value, name: str) -> float:
     return v
 
 
+def outside_image(positions: np.ndarray, shape: tuple[int, int], pixel_size: float) -> np.ndarray:
+    """Which (x, y) positions [Å], shape (..., 2), lie outside ``x in [0, W*p)``, ``y in [0, H*p)``."""
+    x, y = positions[..., 0], positions[..., 1]
+    return (x < 0) | (x >= shape[1] * pixel_size) | (y < 0) | (y >= shape[0] * pixel_size)
+
+
 def check_positions(positions, shape: tuple[int, int], pixel_size: float, *, name: str = "positions",
                     batch: int | None = None) -> np.ndarray:
     """Check column positions ``(N, 2)`` or ``(B, N, 2)`` in Å as (x, y) lie inside an image of ``shape``.
@@ -97,7 +103,7 @@ def check_positions(positions, shape: tuple[int, int], pixel_size: float, *, nam
         raise ValueError(f"{name} contains NaN/Inf coordinates")
     h, w = shape
     x, y = pos[..., 0], pos[..., 1]
-    outside = (x < 0) | (x >= w * pixel_size) | (y < 0) | (y >= h * pixel_size)
+    outside = outside_image(pos, shape, pixel_size)
     if np.any(outside):
         idx = np.argwhere(outside)[0]
         raise ValueError(

@@ -30,7 +30,14 @@ import pandas as pd
 import torch
 
 from stemquant._device import resolve_device
-from stemquant._validate import check_dose, check_image, check_pixel_size, check_positions, check_positive
+from stemquant._validate import (
+    check_dose,
+    check_image,
+    check_pixel_size,
+    check_positions,
+    check_positive,
+    outside_image,
+)
 
 from . import _model as M
 from ._crlb import crlb_from_state
@@ -845,8 +852,7 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
     conv = st["conv"].cpu().numpy()
     # a column whose centre left the image is fitting a tail of noise (e.g. a spurious peak at the border): the
     # optimum may be genuine, but its parameters are not an estimate of a column, so it is not reported converged
-    H, W = img3.shape[1:]
-    outside = (x < 0) | (x > W * p) | (y < 0) | (y > H * p)
+    outside = outside_image(np.stack((x, y), -1), img3.shape[1:], p)
     conv = conv & ~outside
     width_mode = "fixed" if fixed_width is not None else width
     if crlb:
