@@ -117,6 +117,21 @@ def test_an_error_in_one_batch_cancels_the_batches_not_started():
     assert len(started) < 20  # without cancelling, all 200 would run (~1 s); the few already running finish
 
 
+def test_worker_count_defaults():
+    """One worker per core (at most 8, at most one per task), none extra on a GPU or when torch threads are free."""
+    import os
+
+    from stemquant.quant._fit import _MIN_CPU_BATCHES, _n_workers
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert _n_workers(None, 1, cpu, 1000) == min(cores, _MIN_CPU_BATCHES)
+    assert _n_workers(None, 1, cpu, 1) == 1
+    assert _n_workers(None, None, cpu, 1000) == 1  # torch's own threads: no extra workers
+    assert _n_workers(16, 1, cpu, 3) == 3
+    assert _n_workers(4, 1, gpu, 100) == 1
+
+
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
 def test_bad_workers_is_a_clear_error(workers):
     pos, shape = lattice(2)
