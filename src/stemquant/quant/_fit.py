@@ -165,8 +165,10 @@ def fit_columns(
         releases the interpreter lock inside its kernels). Default: as many as the available cores allow
         (``cores // num_threads``; 1 when ``num_threads`` is None), at most 8 (memory: each worker holds a batch,
         ~0.1 GB, or one frame's CRLB, ~0.3 GB for 3,600 columns) and at most the number of batches. Batches are the
-        same whatever the number of workers, so are the results. The CRLBs are computed frame by frame on the same
-        threads. Ignored on a GPU (one stream).
+        same whatever the number of workers, so are the fitted parameters. The CRLBs are computed frame by frame on
+        the same threads; threads that no frame needs (all of them for a single image) go to the dense linear
+        algebra of a frame's bound, which may then differ from a one-thread run in the last digits. Ignored on a
+        GPU (one stream).
     progress : bool, optional
         Show a tqdm progress bar over frame batches (default: for stacks of ≥ 20,000 column fits, ~3 s and more).
 
@@ -259,7 +261,11 @@ def fit_columns(
             n_batches = max(n_batches, min(B, _MIN_CPU_BATCHES))
         bounds = np.arange(n_batches + 1) * B // n_batches  # equal sizes to one frame
         batches = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    n_workers = _n_workers(workers, num_threads, dev, B if crlb else len(batches))  # the CRLB goes frame by frame
+    threads = _n_workers(workers, num_threads, dev, 1 << 30)  # worker threads allowed
+    n_workers = min(threads, B if crlb else len(batches))  # the CRLB goes frame by frame
+    # a frame's CRLB is dense linear algebra that does use several torch threads (~1.8x with 2 for 2,000 columns
+    # and more): the bounds get the threads that no frame needs (a single image: all of them)
+    crlb_threads = None if dev.type != "cpu" or num_threads is None else num_threads * max(1, threads // n_workers)
     # a progress bar for fits that take more than a few seconds (~20,000 column fits)
     show = progress if progress is not None else (len(batches) > 1 and B * N >= 20_000)
 
@@ -280,7 +286,7 @@ def fit_columns(
         outs = list(_progress(pool.map(fit, batches), show, len(batches)))
         st = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
         return _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types_arr, crlb, stack,
-                         pool)
+                         pool, crlb_threads)
 
 
 def _least_squares_at_low_counts(img3, scale, noise, dose) -> bool:
@@ -847,7 +853,8 @@ def _preconditioner(cb, C, Gm0, lam, fc, fg, lo, dsrc=None):
     return tuple(t.to(lo) for t in (Pc_inv, C, K, S_inv, Dcol, Dglob))
 
 
-def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types, crlb, stack, pool) -> FitResult:
+def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types, crlb, stack, pool,
+              crlb_threads) -> FitResult:
     col = st["col"].cpu().numpy()
     B, N, _ = col.shape
     x = (col[..., M.CX] + 0.5) * p
@@ -867,11 +874,12 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
         sig = np.sqrt(st["sigma2"].cpu().numpy()) / scale
 
         def bounds(f, k):  # CRLB of frames f (slice) restricted to the columns k
-            return crlb_from_state(
-                np.stack((x[f][:, k], y[f][:, k]), -1), rho[f][:, k], eta[f][:, k], zeta[f], img3.shape[1:], p,
-                dose=dose, noise=stats, noise_sigma=sig[f], width=width_mode, background_free=fixed_bg is None,
-                types=types[k], device=st["col"].device, invalid="nan", pool=pool,
-            )
+            with _cpu_threads(crlb_threads):
+                return crlb_from_state(
+                    np.stack((x[f][:, k], y[f][:, k]), -1), rho[f][:, k], eta[f][:, k], zeta[f], img3.shape[1:], p,
+                    dose=dose, noise=stats, noise_sigma=sig[f], width=width_mode, background_free=fixed_bg is None,
+                    types=types[k], device=st["col"].device, invalid="nan", pool=pool,
+                )
 
         cr = bounds(slice(None), slice(None))
         bad = np.isnan(cr["x_crlb"]).all(axis=1)
