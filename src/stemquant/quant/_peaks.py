@@ -28,7 +28,7 @@ from scipy.spatial import cKDTree
 from skimage.feature import peak_local_max
 from skimage.morphology import disk, white_tophat
 
-from stemquant._validate import check_image, check_pixel_size, check_positive, check_probability
+from stemquant._validate import check_image, check_pixel_size, check_positive, check_probability, outside_image
 
 __all__ = ["find_columns", "add_columns", "remove_columns", "load_positions", "save_positions"]
 
@@ -99,12 +99,10 @@ def find_columns(
     ij = peaks.astype(np.float64)
     if refine:
         ij = _refine_centroid(filtered, peaks, max(min_distance / p / 4.0, 0.5))
-        # a maximum whose centroid runs out of the image sits on a rising edge (intensity beyond the border), not on
-        # a column inside it: fitting such a start ends outside the image and pulls on its neighbours
-        h, w = filtered.shape
-        inside = (ij[:, 0] > -0.5) & (ij[:, 0] < h - 0.5) & (ij[:, 1] > -0.5) & (ij[:, 1] < w - 0.5)
-        ij = ij[inside]
-    return np.column_stack([(ij[:, 1] + 0.5) * p, (ij[:, 0] + 0.5) * p])
+    pos = np.column_stack([(ij[:, 1] + 0.5) * p, (ij[:, 0] + 0.5) * p])
+    # a maximum whose centroid runs out of the image sits on a rising edge (intensity beyond the border), not on a
+    # column inside it: fitting such a start ends outside the image and pulls on its neighbours
+    return pos[~outside_image(pos, filtered.shape, p)]
 
 
 def _check_nonnegative(value, name: str, unit: str) -> float:
