@@ -333,8 +333,9 @@ def _selected_covariance(Fp, Fz, Fzz, pm, pn, geom, width, background_free, t_co
     o = pm != pn
     pm, pn = np.concatenate((pm, pn[o])), np.concatenate((pn, pm[o]))
     Fp = torch.cat((Fp, Fp[torch.as_tensor(o, device=Fp.device)].transpose(1, 2)))
-    Bb, Cg = _border(Fp, Fz, Fzz, pm, pn, N, kl, common, background_free, t_col, n_types)
-    Fl, Bb, Cg, s_l, s_g, known_l, known_g = _jacobi_scaled(Fp[:, :kl, :kl], Bb, Cg, pm, pn, N)
+    pm_t, pn_t = torch.as_tensor(pm, device=Fp.device), torch.as_tensor(pn, device=Fp.device)
+    Bb, Cg = _border(Fp, Fz, Fzz, pm_t, pn_t, N, kl, common, background_free, t_col, n_types)
+    Fl, Bb, Cg, s_l, s_g, known_l, known_g = _jacobi_scaled(Fp[:, :kl, :kl], Bb, Cg, pm_t, pn_t, N)
     slab = _slabs(geom)
     Dk, Sk, slab_cols = _tridiagonal_blocks(Fl, pm, pn, slab, kl)
     unknown = [(~known_l[sc]).reshape(-1) for sc in slab_cols]
@@ -359,13 +360,12 @@ def _selected_covariance(Fp, Fz, Fzz, pm, pn, geom, width, background_free, t_co
     return var[:, 0], var[:, 1], var[:, 2], zero, zero
 
 
-def _border(Fp, Fz, Fzz, pm, pn, N, kl, common, background_free, t_col, n_types):
+def _border(Fp, Fz, Fzz, pm_t, pn_t, N, kl, common, background_free, t_col, n_types):
     """Couplings B (N, kl, ng) of every column with the shared parameters — one width per type (``common``; ∂f/∂ρ_t
     = Σ_{n of type t} ∂f/∂ρ_n), then the background — and their block C (ng, ng)."""
     dev, dt = Fp.device, Fp.dtype
     ng = (n_types if common else 0) + (1 if background_free else 0)
     zi = n_types if common else 0  # index of ζ among the shared parameters
-    pm_t, pn_t = torch.as_tensor(pm, device=dev), torch.as_tensor(pn, device=dev)
     Bb = torch.zeros(N, kl, max(ng, 1), dtype=dt, device=dev)
     Cg = torch.zeros(max(ng, 1), max(ng, 1), dtype=dt, device=dev)
     if common:
@@ -382,12 +382,11 @@ def _border(Fp, Fz, Fzz, pm, pn, N, kl, common, background_free, t_col, n_types)
     return Bb[..., :ng], Cg[:ng, :ng]
 
 
-def _jacobi_scaled(Fl, Bb, Cg, pm, pn, N):
+def _jacobi_scaled(Fl, Bb, Cg, pm_t, pn_t, N):
     """F scaled to a unit diagonal; parameters without information (diagonal ≤ 1e-14 of the largest) are
     decoupled. Returns the scaled blocks, border and border block, the scales and the informed-parameter flags."""
     dev, dt = Fl.device, Fl.dtype
     kl = Fl.shape[-1]
-    pm_t, pn_t = torch.as_tensor(pm, device=dev), torch.as_tensor(pn, device=dev)
     same = pm_t == pn_t
     diag_l = torch.diagonal(Fl[same], dim1=-2, dim2=-1)  # (N, kl) from the pairs (m, m)
     diag_l = torch.zeros(N, kl, dtype=dt, device=dev).index_copy_(0, pm_t[same], diag_l)
