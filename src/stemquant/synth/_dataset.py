@@ -29,12 +29,11 @@ def poisson_distortion(clean: np.ndarray, dose: float, rng: int | np.random.Gene
 
     ``dose`` [e⁻/Å²] and ``pixel_size`` [Å] must be positive; ``rng`` is an int, a numpy Generator or None.
     """
+    from stemquant.distort import poisson_noise
+
     rng, dose, pixel_size = _check_distortion_args(dose, rng, pixel_size)
-    clean = check_image(clean, name="clean")
-    if np.any(clean < 0):
-        raise ValueError(f"clean must be non-negative (normalised intensity), got minimum {clean.min():.4g}")
-    scale = dose * pixel_size**2
-    return rng.poisson(clean * scale) / scale
+    return poisson_noise(check_image(clean, name="clean"), dose=dose, pixel_size=pixel_size, rng=rng) / (
+        dose * pixel_size**2)
 
 
 def stem_distortion(clean: np.ndarray, dose: float, rng: int | np.random.Generator | None, *,
