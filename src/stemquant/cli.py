@@ -30,20 +30,13 @@ def _out_path(path: str | None, default: Path) -> Path:
     return Path(path) if path else default
 
 
-def _check_outputs(*paths, overwrite: bool) -> None:
-    """Refuse before any work when an output exists (the writers check again, atomically)."""
-    for p in paths:
-        if p and Path(p).exists() and not overwrite:
-            raise ValueError(f"output {str(p)!r} already exists; pass --overwrite to replace it")
-
-
 # --------------------------------------------------------------------------------------------- fit
 def _cmd_fit(args) -> int:
-    from stemquant.io import load_image, write_csv_atomic
+    from stemquant.io import check_outputs, load_image, write_csv_atomic
     from stemquant.quant import find_columns, fit_columns, load_positions
 
     out = _out_path(args.out, Path(args.image).with_suffix(".columns.csv"))
-    _check_outputs(out, args.plot, overwrite=args.overwrite)
+    check_outputs(out, args.plot, overwrite=args.overwrite)
     image, file_p = load_image(args.image)
     pixel_size = args.pixel_size or file_p
     if pixel_size is None:
@@ -73,11 +66,11 @@ def _cmd_fit(args) -> int:
 def _cmd_count(args) -> int:
     import pandas as pd
 
-    from stemquant.io import write_csv_atomic
+    from stemquant.io import check_outputs, write_csv_atomic
     from stemquant.quant import count_gmm, count_library, load_library_csv
 
     out = _out_path(args.out, Path(args.csv).with_suffix(".counts.csv"))
-    _check_outputs(out, args.plot, overwrite=args.overwrite)
+    check_outputs(out, args.plot, overwrite=args.overwrite)
     try:
         table = pd.read_csv(args.csv)
     except (OSError, ValueError) as exc:
@@ -216,10 +209,10 @@ def _cmd_demo(args) -> int:
 
 # --------------------------------------------------------------------------------------------- restore
 def _cmd_restore(args) -> int:
-    from stemquant.io import load_image, save_image
+    from stemquant.io import check_outputs, load_image, save_image
     from stemquant.restore import restore
 
-    _check_outputs(args.output, overwrite=args.overwrite)
+    check_outputs(args.output, overwrite=args.overwrite)
     image, p = load_image(args.input)
     out = restore(image, model=args.model, device=args.device, tile=args.tile, overlap=args.overlap,
                   batch_size=args.batch_size)

@@ -148,7 +148,15 @@ def _check_writable(path: Path, overwrite: bool) -> None:
     if path.is_dir():
         raise ValueError(f"path {str(path)!r} is a directory; give a file name")
     if path.exists() and not overwrite:
-        raise OverwriteError(f"{str(path)!r} already exists; pass overwrite=True to replace it")
+        raise OverwriteError(f"{str(path)!r} already exists; pass overwrite=True (--overwrite) to replace it")
+
+
+def check_outputs(*paths, overwrite: bool) -> None:
+    """Refuse before any long work when an output cannot be written: a missing directory, a directory given as a
+    file, or an existing file without ``overwrite`` (None entries are skipped). The atomic writers check again."""
+    for p in paths:
+        if p:
+            _check_writable(Path(p), overwrite)
 
 
 def _link_no_clobber(tmp: Path, path: Path) -> None:

@@ -251,14 +251,10 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 def evaluate_main(argv: list[str] | None = None) -> int:
     """``stemquant evaluate`` entry point; prints the table, returns the exit status."""
-    from stemquant.io import write_csv_atomic
+    from stemquant.io import check_outputs, write_csv_atomic
 
     args = evaluate_parser().parse_args(argv)
-    for out in (args.csv, args.per_image_csv):  # refuse before the (long) evaluation, not after it
-        if out and Path(out).exists() and not args.overwrite:
-            raise ValueError(f"output {out!r} already exists; pass --overwrite to replace it")
-        if out and not Path(out).resolve().parent.is_dir():
-            raise ValueError(f"directory of output {out!r} does not exist; create it first")
+    check_outputs(args.csv, args.per_image_csv, overwrite=args.overwrite)  # before the (long) evaluation
     model = args.model
     if args.config:
         from ._train import TrainConfig
