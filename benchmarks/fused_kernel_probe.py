@@ -65,8 +65,9 @@ torch::Tensor moments(torch::Tensor R, torch::Tensor vy, torch::Tensor vx, torch
 '''
 
 
-def best(f, n=30):
-    """Median time [ms] of ``f`` with the caches evicted before each run."""
+def median_ms(f, n=30):
+    """Median time [ms] of ``f`` with the caches evicted before each run (fit_speed.best_of takes the minimum of
+    warm runs; inside a fit the windows are cold)."""
     f()
     ts = []
     for _ in range(n):
@@ -104,7 +105,7 @@ def main():
         return mod.render(gy, gx, eta[0], i0, j0, Hp, Wp, 0.0)
 
     diff = float(((fused_render() - torch_render()) * mask.reshape(-1)).abs().max())
-    t_t, t_f = best(torch_render), best(fused_render)
+    t_t, t_f = median_ms(torch_render), median_ms(fused_render)
     print(f"render (float64): torch {t_t:.3f} ms, fused {t_f:.3f} ms -> {t_t / t_f:.1f}x; max difference {diff:.1e}")
     R = torch.rand(Hp * Wp, dtype=torch.float32)
     pf = M.Profiles(prof.vx.float(), prof.vy.float())
@@ -118,7 +119,7 @@ def main():
 
     ref = torch_moments()[0]
     rel = float((fused_moments() - ref).abs().max() / ref.abs().max())
-    t_t, t_f = best(torch_moments), best(fused_moments)
+    t_t, t_f = median_ms(torch_moments), median_ms(fused_moments)
     print(f"3x3 window moments (float32): torch {t_t:.3f} ms, fused {t_f:.3f} ms -> {t_t / t_f:.1f}x; "
           f"relative difference {rel:.1e}")
 
