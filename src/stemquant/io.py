@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,10 +110,7 @@ def atomic_write(path, *, overwrite: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     _check_writable(path, overwrite)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private (0600); give it a new file's usual mode
+    tmp = _new_temp(path)
     try:
         yield tmp
         if overwrite:
@@ -125,18 +122,17 @@ def atomic_write(path, *, overwrite: bool = False) -> Iterator[Path]:
             tmp.unlink()
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where /proc allows (os.umask would set it, racing threads)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _new_temp(path: Path) -> Path:
+    """A new empty file next to ``path``. Created with mode 0666 so that the kernel applies the umask, as for any
+    new file (``tempfile.mkstemp`` makes it private, 0600, and reading the umask back is racy)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file next to {str(path)!r}")
 
 
 def _check_writable(path: Path, overwrite: bool) -> None:
