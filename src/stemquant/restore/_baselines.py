@@ -246,7 +246,9 @@ class BiasFreeUNet(nn.Module):
     bias-free convolutional neural networks", ICLR 2020.
     """
 
-    def __init__(self, scales: int = 6, channels: int = 128):
+    default_scales = 6
+
+    def __init__(self, scales: int = default_scales, channels: int = 128):
         super().__init__()
         if not isinstance(scales, int) or scales < 1:
             raise ValueError(f"scales must be a positive integer, got {scales!r}")

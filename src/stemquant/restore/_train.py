@@ -9,7 +9,6 @@ NOISY input, the target mapped with the same affine transform). See ``docs/train
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -51,7 +50,7 @@ BASELINE_ARCHITECTURES = {
 # config can be validated without building (Mohan's default network has 7 M parameters).
 SIZE_MULTIPLES = {"lite": CGRDN.size_multiple, "published": CGRDN.size_multiple, "tiny": CGRDN.size_multiple,
                   "gambini": GambiniAutoencoder.size_multiple,
-                  "mohan": 2 ** inspect.signature(BiasFreeUNet).parameters["scales"].default,
+                  "mohan": 2**BiasFreeUNet.default_scales,
                   "katsuno": ResNetUNet.size_multiple}
 ARCHITECTURE_NAMES = {
     "lite": "CGRDN lite (CGRDNConfig.lite())",
