@@ -47,8 +47,7 @@ def _cmd_fit(args) -> int:
         positions = find_columns(image if image.ndim == 2 else image.mean(0), pixel_size,
                                  min_distance=args.min_distance, threshold=args.threshold, method=args.method)
         print(f"found {len(positions)} columns")
-    noise = args.noise if args.noise != "auto" else ("poisson" if args.dose is not None else "gaussian")
-    fit = fit_columns(image, positions, pixel_size, dose=args.dose, width=args.width, noise=noise,
+    fit = fit_columns(image, positions, pixel_size, dose=args.dose, width=args.width, noise=args.noise,
                       device=args.device, workers=args.workers, progress=True if image.ndim == 3 else None)
     write_csv_atomic(fit.table, out, overwrite=args.overwrite)
     conv = fit.table["converged"].mean()

@@ -134,8 +134,9 @@ def fit_columns(
     width : {"common", "individual"} or float
         ``"common"``: one width per column type and frame (StatSTEM's default); ``"individual"``: one width per
         column; a float fixes all widths to this value [Å].
-    noise : {"gaussian", "poisson"}
-        Fitting criterion: least squares or Poisson maximum likelihood (counts must be non-negative).
+    noise : {"gaussian", "poisson", "auto"}
+        Fitting criterion: least squares or Poisson maximum likelihood (counts must be non-negative); ``"auto"``:
+        Poisson when ``dose`` is given, least squares otherwise (the CLI's default).
     background : "fit" or float
         Fit one constant background per frame, or fix it to this value [image intensity units].
     types : array of int, shape (N,), optional
@@ -195,8 +196,10 @@ def fit_columns(
     img = check_image(image)
     p = check_pixel_size(pixel_size)
     dose = check_dose(dose)
+    if noise == "auto":  # Poisson ML whenever the counts are known: efficient at low dose
+        noise = "poisson" if dose is not None else "gaussian"
     if noise not in ("gaussian", "poisson"):
-        raise ValueError(f"noise must be 'gaussian' or 'poisson', got {noise!r}")
+        raise ValueError(f"noise must be 'gaussian', 'poisson' or 'auto', got {noise!r}")
     stack = img.ndim == 3
     img3 = img if stack else img[None]
     B, H, W = img3.shape
