@@ -117,6 +117,21 @@ def test_an_error_in_one_batch_cancels_the_batches_not_started():
     assert len(started) < 20  # without cancelling, all 200 would run (~1 s); the few already running finish
 
 
+def test_auto_noise_is_poisson_with_a_dose_and_least_squares_without(rng):
+    dose = 2e4
+    pos, stack, start = _poisson_stack(rng, 1, dose)
+    img = stack[0]
+    fits = {}
+    for d, expected in ((dose, "poisson"), (None, "gaussian")):
+        auto = fit_columns(img, start[0], P, dose=d, noise="auto", crlb=False)
+        fits[expected] = fit_columns(img, start[0], P, dose=d, noise=expected, crlb=False)
+        assert auto.noise == expected
+        np.testing.assert_array_equal(auto.positions, fits[expected].positions)
+    # the two criteria give visibly different estimates on this image (> 1 % of the CRLB), so the check can fail
+    sd = column_crlb(pos, 0.45, 0.05, 0.005, img.shape, P, dose)["x_crlb"].to_numpy()
+    assert np.max(np.abs(fits["poisson"].positions - fits["gaussian"].positions)[:, 0] / sd) > 0.01
+
+
 def test_worker_count_defaults():
     """One worker per core (at most 8, at most one per task), none extra on a GPU or when torch threads are free."""
     import os
