@@ -253,6 +253,22 @@ def test_train_main(tmp_path, capsys):
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 3
 
 
+def test_fresh_run_keeps_an_existing_checkpoint_unless_overwrite(tmp_path):
+    """The library guards the checkpoint itself (not only the CLI): a fresh run into a used folder is refused."""
+    cfg = tiny(tmp_path, steps=1)
+    first = train(cfg, progress=False)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    before = ckpt.read_bytes()
+    with pytest.raises(FileExistsError, match="already exists"):
+        Trainer(cfg).fit(progress=False)
+    with pytest.raises(ValueError, match="overwrite"):  # OverwriteError is both
+        train(cfg, progress=False)
+    assert ckpt.read_bytes() == before
+    again = train(cfg, overwrite=True, progress=False)  # same seed, fresh run -> the same single step
+    assert same_weights(first, again)
+    assert torch.load(ckpt, weights_only=True)["step"] == 1
+
+
 def test_train_main_keeps_an_existing_checkpoint_without_resume_or_overwrite(tmp_path, capsys):
     """A fresh `stemquant train` into a folder that holds a checkpoint (a forgotten --resume) must not replace it."""
     path = tmp_path / "c.toml"

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .._device import resolve_device
+from ..io import OverwriteError
 from ._baselines import BiasFreeUNet, GambiniAutoencoder, ResNetUNet
 from ._cgrdn import CGRDN, CGRDNConfig
 from ._discriminator import PatchDiscriminator
@@ -551,12 +552,22 @@ class Trainer:
         """Ask the loop to checkpoint and stop after the current step."""
         self._stop = True
 
-    def fit(self, *, resume: bool = False, progress: bool = True, until: int | None = None) -> nn.Module:
+    def fit(self, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+            until: int | None = None) -> nn.Module:
         """Run (or continue) the training loop up to ``config.steps`` (or stop early at step ``until``,
-        with a checkpoint, as if interrupted); returns the generator."""
+        with a checkpoint, as if interrupted); returns the generator.
+
+        A fresh run (``resume=False``) into a folder that already holds a checkpoint raises
+        :class:`stemquant.io.OverwriteError` before any work unless ``overwrite=True``: a forgotten ``resume``
+        must not replace hours of training.
+        """
         from tqdm.auto import tqdm
 
         c = self.config
+        if not resume and not overwrite and self.checkpoint_path.exists():
+            raise OverwriteError(f"{self.checkpoint_path} already exists: resume=True (--resume) continues that run, "
+                                 "overwrite=True (--overwrite) starts afresh and replaces it; or choose another "
+                                 "checkpoint_dir")
         self.setup()
         if resume:
             self.load_checkpoint()
@@ -657,7 +668,8 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> nn.Module:
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True
+          ) -> nn.Module:
     """Train a CGRDN (or baseline) restoration network on synthetic HR-STEM pairs.
 
     Step k draws ``batch_size`` pairs from ``SeedSequence(config.seed, spawn_key=(0, k))`` (images of
@@ -675,6 +687,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     resume : bool
         Continue from ``<checkpoint_dir>/checkpoint.pt``; the result is bit-for-bit the same as an
         uninterrupted run on the same device.
+    overwrite : bool
+        Start afresh even if ``<checkpoint_dir>/checkpoint.pt`` exists (it is replaced at the first checkpoint);
+        without it (and without ``resume``) that raises :class:`stemquant.io.OverwriteError`.
     progress : bool
         Show a tqdm progress bar.
 
@@ -683,7 +698,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     torch.nn.Module
         The generator, in eval mode.
     """
-    return Trainer(config).fit(resume=resume, progress=progress)
+    return Trainer(config).fit(resume=resume, overwrite=overwrite, progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -713,10 +728,7 @@ def train_main(argv: list[str] | None = None) -> int:
     config = replace(config, **over)
     cmd = "stemquant train " + shlex.join(sys.argv[1:] if argv is None else argv)
     trainer = Trainer(config, command=cmd)
-    if not args.resume and not args.overwrite and trainer.checkpoint_path.exists():
-        raise ValueError(f"{trainer.checkpoint_path} already exists: pass --resume to continue that run, or "
-                         "--overwrite to start afresh and replace it (or choose another --checkpoint-dir)")
-    trainer.fit(resume=args.resume, progress=not args.no_progress)
+    trainer.fit(resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"stopped at step {trainer.step} of {config.steps}; checkpoint in {trainer.checkpoint_path}")
     return 0
 
