@@ -6,9 +6,18 @@ import pytest
 from stemquant.units import counts_per_pixel, electron_wavelength
 
 
-def test_counts_per_pixel_is_intensity_dose_pixel_area():
+def test_counts_per_pixel_conserves_the_incident_electrons():
+    # Physical meaning, not the formula: intensity 1 everywhere is the whole beam, so the image's counts add up
+    # to dose [e⁻/Å²] × field of view [Å²], whatever the sampling; the same field sampled twice as finely
+    # spreads the same electrons over four times as many pixels; counts are linear in the intensity.
+    dose, fov = 2.5e3, 6.0  # e⁻/Å², Å (square field of view)
+    for n in (10, 20, 60):
+        counts = counts_per_pixel(np.ones((n, n)), dose, fov / n)
+        assert counts.sum() == pytest.approx(dose * fov**2, rel=1e-12)
+    coarse, fine = counts_per_pixel(np.ones((1, 1)), dose, 0.2), counts_per_pixel(np.ones((1, 1)), dose, 0.1)
+    assert coarse[0, 0] == pytest.approx(4 * fine[0, 0], rel=1e-12)
     img = np.array([[0.0, 0.25], [0.5, 1.0]])
-    np.testing.assert_allclose(counts_per_pixel(img, 1e4, 0.12), img * 1e4 * 0.0144, rtol=1e-15)
+    np.testing.assert_allclose(counts_per_pixel(img, dose, 0.2), img * counts_per_pixel(1.0, dose, 0.2), rtol=1e-15)
 
 
 @pytest.mark.parametrize(("dose", "pixel_size", "match"), [
