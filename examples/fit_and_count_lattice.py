@@ -36,7 +36,7 @@ print(fit.table[["x", "y", "width", "scs", "x_crlb", "scs_crlb", "converged"]].d
 lib_scs = library.scs(np.arange(1, 16))
 first = int(count_library(fit.scs, lib_scs).min())
 gmm = count_gmm(fit.scs, max_components=10, first_count=max(first, 1))
-found_i, true_i = metrics._match(fit.positions, truth[["x", "y"]].to_numpy(), 0.5)
+found_i, true_i = metrics.match_columns(fit.positions, truth[["x", "y"]].to_numpy(), 0.5)
 true_counts = truth["n_atoms"].to_numpy()[true_i]
 print(f"{len(positions)} columns found, {gmm.n_components} GMM components selected by ICL")
 print(f"correctly counted: GMM {metrics.fraction_correct_counts(gmm.counts[found_i], true_counts):.3f}, "

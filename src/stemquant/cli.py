@@ -101,8 +101,7 @@ def _cmd_count(args) -> int:
                 bundled = load_scs_library(args.library)
             except ValueError as exc:
                 raise SystemExit(f"error: --library: {exc}") from exc
-            n = np.asarray(bundled.n_atoms)
-            lib = bundled.scs(np.arange(1, int(n.max()) + 1))
+            lib = bundled.counting_table()
         table["count"] = count_library(scs, lib)
         res = None
         print(f"library: counts from {len(lib)} library entries")
@@ -162,7 +161,7 @@ def run_demo(out_dir="stemquant_demo", *, dose: float = 5e4, rng=0, pixel_size: 
     found = find_columns(noisy, pixel_size, min_distance=0.8, threshold=0.03, smoothing=0.3, method="anscombe")
     fit = fit_columns(noisy, found, pixel_size, dose=dose, noise="poisson", width="common", device=device)
     table = fit.table.drop(columns=["frame"])
-    lib_scs = library.scs(np.arange(1, int(truth["n_atoms"].max()) + 6))  # SCS of 1, 2, ... atoms
+    lib_scs = library.counting_table(int(truth["n_atoms"].max()) + 5)  # SCS of 1, 2, ... atoms
     table["count_library"] = count_library(fit.scs, lib_scs)
     # GMM + ICL as StatSTEM; the lowest component is anchored to the library count nearest to its mean
     gmm = count_gmm(fit.scs, max_components=16)
@@ -170,7 +169,7 @@ def run_demo(out_dir="stemquant_demo", *, dose: float = 5e4, rng=0, pixel_size: 
     gmm = count_gmm(fit.scs, max_components=16, first_count=first)
     table["count_gmm"] = gmm.counts
     true_xy = truth[["x", "y"]].to_numpy()
-    fi, ti = metrics._match(fit.positions, true_xy, threshold=0.5)
+    fi, ti = metrics.match_columns(fit.positions, true_xy, threshold=0.5)
     table["true_count"] = -1
     table.loc[fi, "true_count"] = truth["n_atoms"].to_numpy()[ti]
     det = detection_metrics(fit.positions, true_xy, 0.5)

@@ -10,6 +10,7 @@ from stemquant.quant.metrics import (
     fraction_correct_counts,
     mae_positions,
     mape_scs,
+    match_columns,
     strain_error,
     surface_columns,
 )
@@ -140,6 +141,52 @@ def test_detection_is_one_to_one_and_optimal():
     # F1-T2 (0.55) and F2-T1 (0.5): two matches
     m = detection_metrics([[0.45, 0.0], [-0.5, 0.0]], true, threshold=0.6)
     assert m["n_matched"] == 2 and m["precision"] == m["recall"] == 1.0
+
+
+def _dense_match(found, true, threshold):
+    """Reference: one dense Hungarian assignment over all pairs (the definition, O(M·N) memory)."""
+    from scipy.optimize import linear_sum_assignment
+
+    d = np.linalg.norm(found[:, None] - true[None], axis=-1)
+    big = threshold * (min(d.shape) + 1) + 1.0
+    rows, cols = linear_sum_assignment(np.where(d <= threshold, d, big))
+    keep = d[rows, cols] <= threshold
+    return rows[keep], cols[keep]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_match_columns_equals_the_dense_assignment(seed):
+    # Crowded random sets (many components of several columns, spurious and missed columns): the component-wise
+    # matching reaches the dense optimum — the same number of pairs and the same summed distance.
+    rng = np.random.default_rng(seed)
+    true = rng.uniform(0, 12, (150, 2))
+    kept = true[rng.random(150) < 0.9]
+    found = np.vstack([kept + rng.normal(0, 0.25, kept.shape), rng.uniform(0, 12, (20, 2))])
+    f, t = match_columns(found, true, 0.6)
+    rf, rt = _dense_match(found, true, 0.6)
+    assert len(np.unique(f)) == len(f) and len(np.unique(t)) == len(t)  # one-to-one
+    assert np.all(np.linalg.norm(found[f] - true[t], axis=1) <= 0.6)
+    assert len(f) == len(rf)
+    assert np.linalg.norm(found[f] - true[t], axis=1).sum() == pytest.approx(
+        np.linalg.norm(found[rf] - true[rt], axis=1).sum(), rel=1e-12)
+    assert np.all(np.diff(f) > 0)
+
+
+def test_match_columns_edge_cases():
+    true = _square(3)
+    f, t = match_columns(true[::-1], true, 0.5)  # exact positions, distance 0 included
+    assert np.array_equal(true[::-1][f], true[t]) and len(f) == 9
+    assert len(match_columns(np.zeros((0, 2)), true, 0.5)[0]) == 0
+    assert len(match_columns(true, np.zeros((0, 2)), 0.5)[0]) == 0
+    assert len(match_columns(true + 10, true, 0.5)[0]) == 0
+    f, _ = match_columns(true + [0.5, 0.0], true, 0.5)  # inclusive threshold
+    assert len(f) == 9
+    with pytest.raises(ValueError, match="threshold"):
+        match_columns(true, true, 0.0)
+    with pytest.raises(ValueError, match="NaN"):
+        match_columns(np.array([[np.nan, 0.0]]), true, 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        match_columns(np.zeros((2, 3)), true, 0.5)
 
 
 def test_detection_empty_found():

@@ -47,3 +47,22 @@ def test_load_from_path_roundtrip(tmp_path):
     lib = load_scs_library(p)
     assert lib.name == "lib" and lib.provenance == "provenance line"
     np.testing.assert_allclose(lib.scs(2), 0.05)
+
+
+@pytest.mark.parametrize("name", ["pt001_bulk", "pt001_particle"])
+def test_counting_table_feeds_count_library(name):
+    from stemquant.quant import count_library
+
+    lib = load_scs_library(name)
+    table = lib.counting_table()
+    assert table.shape == (lib.max_atoms,)
+    n = np.arange(0, lib.max_atoms + 1)
+    # a column whose SCS lies within a quarter of the local library spacing of k atoms is counted k
+    spacing = np.diff(lib.scs(np.arange(0, lib.max_atoms + 2)))  # spacing[k] = SCS(k + 1) - SCS(k)
+    shift = 0.25 * np.minimum(spacing, np.r_[spacing[0], spacing[:-1]])
+    for sign in (-1, 1):
+        assert np.array_equal(count_library(lib.scs(n) + sign * shift, table), n)
+    assert len(lib.counting_table(lib.max_atoms + 5)) == lib.max_atoms + 5  # extrapolated like scs()
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="max_atoms"):
+            lib.counting_table(bad)

@@ -84,6 +84,17 @@ class ScsLibrary:
             out = np.where(beyond, y[-1] + slope * (n - x[-1]), out)
         return out
 
+    def counting_table(self, max_atoms: int | None = None) -> np.ndarray:
+        """SCS [Å²] of columns of 1, 2, …, ``max_atoms`` atoms: the ``library_scs`` of
+        :func:`stemquant.quant.count_library` (its entry ``k - 1`` is the SCS of ``k`` atoms).
+
+        ``max_atoms`` defaults to :attr:`max_atoms`; larger values extrapolate as :meth:`scs` does.
+        """
+        n = self.max_atoms if max_atoms is None else max_atoms
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise ValueError(f"max_atoms must be an integer >= 1 [atoms], got {max_atoms!r}")
+        return self.scs(np.arange(1, int(n) + 1))
+
 
 def _bundled_names() -> list[str]:
     """Names of the CSV libraries shipped in stemquant/data."""
