@@ -264,7 +264,7 @@ def fit_columns(
             n_batches = max(n_batches, min(B, _MIN_CPU_BATCHES))
         bounds = np.arange(n_batches + 1) * B // n_batches  # equal sizes to one frame
         batches = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    threads = _n_workers(workers, num_threads, dev, 1 << 30)  # worker threads allowed
+    threads = _n_workers(workers, num_threads, dev)
     n_workers = min(threads, B if crlb else len(batches))  # the CRLB goes frame by frame
     # a frame's CRLB is dense linear algebra that does use several torch threads (~1.8x with 2 for 2,000 columns
     # and more): the bounds get the threads that no frame needs (a single image: all of them)
@@ -311,14 +311,15 @@ def _cpu_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def _n_workers(workers, num_threads, dev, n_tasks: int) -> int:
-    """Threads for ``n_tasks`` concurrent frame batches or frames (see ``fit_columns``; ``workers`` validated)."""
+def _n_workers(workers, num_threads, dev) -> int:
+    """Worker threads allowed for concurrent frame batches or frames (see ``fit_columns``; ``workers``
+    validated); the caller caps them by the number of tasks."""
     if dev.type != "cpu":
         return 1
     if workers is None:  # at most _MIN_CPU_BATCHES: each worker holds a batch (~0.1 GB) or a frame's CRLB (~0.3 GB)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         workers = 1 if num_threads is None else min(_MIN_CPU_BATCHES, max(1, cores // max(1, int(num_threads))))
-    return max(1, min(workers, n_tasks))
+    return max(1, workers)
 
 
 class _Serial:
