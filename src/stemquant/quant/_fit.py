@@ -140,7 +140,8 @@ def fit_columns(
     background : "fit" or float
         Fit one constant background per frame, or fix it to this value [image intensity units].
     types : array of int, shape (N,), optional
-        Column type of each column (0, 1, ...); with ``width="common"`` each type has its own width.
+        Column type of each column, any non-negative integer labels (0, 1, … or e.g. atomic numbers); with
+        ``width="common"`` each type has its own width. The table reports the labels as given.
     width_init : float, optional
         Initial width [Å]; estimated from the image when omitted.
     truncation : float
@@ -221,6 +222,8 @@ def fit_columns(
         if not math.isfinite(fixed_bg):
             raise ValueError(f"background must be finite, got {background}")
     types_arr = _check_types(types, N)
+    # the engine numbers the types 0..T-1: a label without columns would get a free width with no data
+    type_index = np.unique(types_arr, return_inverse=True)[1].astype(np.int64)
     if width_init is not None:
         check_positive(width_init, "width_init", "Å")
     check_positive(truncation, "truncation", "widths")
@@ -277,7 +280,7 @@ def fit_columns(
             torch.as_tensor(data_all[sl], dtype=dtype, device=dev),
             torch.as_tensor(np.ascontiguousarray(c0[sl]), dtype=dtype, device=dev),
             torch.as_tensor(rho0[sl], dtype=dtype, device=dev),
-            torch.as_tensor(types_arr, device=dev),
+            torch.as_tensor(type_index, device=dev),
             noise=noise,
             width_mode="fixed" if fixed_width is not None else width,
             fixed_bg=None if fixed_bg is None else fixed_bg * scale,
