@@ -669,6 +669,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         "obj": obj,
         "sigma2": sigma2,
         "h": torch.full((B,), prob.geom.h, device=dev),
+        "too_wide": failed,
     }
 
 
@@ -939,6 +940,10 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
     if not conv.all():
         hint = (" Least squares is unstable at a few counts per pixel: use noise='poisson' with the dose."
                 if _least_squares_at_low_counts(img3, scale, noise, dose) else "")
+        too_wide = st["too_wide"].cpu().numpy()
+        if too_wide.any():  # the start width was far too small (strongly overlapping columns defeat the estimate)
+            hint += (f" In {int(too_wide.sum())} frame(s) the widths grew past 3x their start value and the fit "
+                     "stopped: give width_init [Å] near the expected column width.")
         moved = f", {int(outside.sum())} of them moved outside the image" if outside.any() else ""
         warnings.warn(f"{int((~conv).sum())} of {conv.size} columns did not converge{moved} (fit.table['converged'] "
                       f"is False for them; their parameters are not estimates).{hint}", UserWarning, stacklevel=3)
