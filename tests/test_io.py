@@ -58,6 +58,25 @@ def test_foreign_tiff_calibrations(tmp_path, image):
     # no calibration at all
     tifffile.imwrite(tmp_path / "plain.tif", image, metadata=None)
     assert load_image(tmp_path / "plain.tif")[1] is None
+    # print resolutions from image editors (150 dpi = 1.7 mm pixels, 72 px/cm) are not calibrations
+    for res, unit in ((150.0, "INCH"), (72.0, "CENTIMETER")):
+        tifffile.imwrite(tmp_path / "print.tif", image, resolution=(res, res), resolutionunit=unit, metadata=None)
+        with pytest.warns(UserWarning, match="print resolution"):
+            assert load_image(tmp_path / "print.tif")[1] is None
+    # an inch-calibrated microscope pixel (0.5 Å) is still read
+    tifffile.imwrite(tmp_path / "inch.tif", image, resolution=(2.54e8 / 0.5,) * 2, resolutionunit="INCH",
+                     metadata=None)
+    assert load_image(tmp_path / "inch.tif")[1] == pytest.approx(0.5)
+
+
+def test_colour_and_complex_files_are_refused(tmp_path, image):
+    rgb = np.stack([image] * 3, axis=-1).astype(np.uint8)  # (H, W, 3): would read as H frames of W x 3 px
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    with pytest.raises(ValueError, match="RGB"):
+        load_image(tmp_path / "rgb.tif")
+    np.save(tmp_path / "c.npy", image.astype(np.complex64))
+    with pytest.raises(ValueError, match="real-valued"):
+        load_image(tmp_path / "c.npy")
 
 
 def test_h5_dataset_discovery_and_units(tmp_path, image):

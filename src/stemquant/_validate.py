@@ -106,9 +106,10 @@ def check_positions(positions, shape: tuple[int, int], pixel_size: float, *, nam
     outside = outside_image(pos, shape, pixel_size)
     if np.any(outside):
         idx = np.argwhere(outside)[0]
+        where = ", ".join(str(int(i)) for i in idx)
         raise ValueError(
-            f"{int(outside.sum())} of {name} lie outside the image (x in [0, {w * pixel_size:g}) Å, "
-            f"y in [0, {h * pixel_size:g}) Å); first: index {tuple(int(i) for i in idx)} at "
+            f"{int(outside.sum())} of the {outside.size} {name} lie outside the image (x in [0, {w * pixel_size:g}) Å, "
+            f"y in [0, {h * pixel_size:g}) Å); the first, {name}[{where}], is at "
             f"(x, y) = ({x[tuple(idx)]:.3g}, {y[tuple(idx)]:.3g}) Å — check pixel_size and the (x, y) order"
         )
     return pos

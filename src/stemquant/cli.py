@@ -36,11 +36,15 @@ def _cmd_fit(args) -> int:
     from stemquant.quant import find_columns, fit_columns, load_positions
 
     out = _out_path(args.out, Path(args.image).with_suffix(".columns.csv"))
-    check_outputs(out, args.plot, overwrite=args.overwrite)
+    check_outputs(out, args.plot, overwrite=args.overwrite, inputs=(args.image, args.positions))
     image, file_p = load_image(args.image)
     pixel_size = args.pixel_size or file_p
     if pixel_size is None:
-        raise SystemExit(f"error: {args.image} has no pixel size in its metadata; pass --pixel-size [Å]")
+        raise ValueError(f"{args.image} has no pixel size in its metadata; pass --pixel-size [Å]")
+    if args.pixel_size and file_p and not np.isclose(args.pixel_size, file_p, rtol=1e-3):
+        print(f"note: --pixel-size {args.pixel_size:g} Å overrides the {file_p:g} Å in {args.image}", file=sys.stderr)
+    print(f"image {' x '.join(map(str, image.shape))} px, pixel size {pixel_size:g} Å "
+          f"({'--pixel-size' if args.pixel_size else 'from the file'})")
     if args.positions:
         positions = load_positions(args.positions)
     else:
@@ -69,13 +73,16 @@ def _cmd_count(args) -> int:
     from stemquant.quant import count_gmm, count_library, load_library_csv
 
     out = _out_path(args.out, Path(args.csv).with_suffix(".counts.csv"))
-    check_outputs(out, args.plot, overwrite=args.overwrite)
+    check_outputs(out, args.plot, overwrite=args.overwrite, inputs=(args.csv, args.library))
+    if args.method == "library" and not args.library:
+        raise ValueError("--method library needs --library (a bundled name such as pt001_particle, or a CSV with "
+                         "columns n_atoms, scs)")
     try:
         table = pd.read_csv(args.csv)
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"error: cannot read {args.csv}: {exc}") from exc
+        raise ValueError(f"cannot read {args.csv}: {exc}") from exc
     if "scs" not in table.columns:
-        raise SystemExit(f"error: {args.csv} has no 'scs' column (write it with `stemquant fit`)")
+        raise ValueError(f"{args.csv} has no 'scs' column (write it with `stemquant fit`)")
     if "converged" in table.columns and not args.include_unconverged:
         bad = ~table["converged"].astype(bool)
         if bad.any():
@@ -89,9 +96,6 @@ def _cmd_count(args) -> int:
         print(f"GMM: {res.n_components} components selected by ICL (orders 1..{len(res.icl)}); "
               f"means {np.array2string(res.means, precision=4)}")
     else:
-        if not args.library:
-            raise SystemExit("error: --method library needs --library (a bundled name such as pt001_particle, or "
-                             "a CSV with columns n_atoms, scs)")
         if Path(args.library).exists():
             lib = load_library_csv(args.library)
         else:  # a bundled library of stemquant.simulate
@@ -100,17 +104,17 @@ def _cmd_count(args) -> int:
             try:
                 bundled = load_scs_library(args.library)
             except ValueError as exc:
-                raise SystemExit(f"error: --library: {exc}") from exc
+                raise ValueError(f"--library: {exc}") from exc
             lib = bundled.counting_table()
         table["count"] = count_library(scs, lib)
         res = None
         print(f"library: counts from {len(lib)} library entries")
     write_csv_atomic(table, out, overwrite=args.overwrite)
     print(f"counts of {len(table)} columns, {int(table['count'].sum())} atoms in total -> {out}")
-    if args.plot and res is not None:
-        from stemquant.quant import plot_counting, save_figure
+    if args.plot:
+        from stemquant.quant import plot_counting, plot_library_counting, save_figure
 
-        fig = plot_counting(res, scs)
+        fig = plot_counting(res, scs) if res is not None else plot_library_counting(scs, lib)
         save_figure(fig, args.plot, overwrite=args.overwrite)
         print(f"plot -> {args.plot}")
     return 0
@@ -128,7 +132,7 @@ def run_demo(out_dir="stemquant_demo", *, dose: float = 5e4, rng=0, pixel_size: 
     """
     from stemquant._validate import as_rng
     from stemquant.distort import poisson_noise
-    from stemquant.io import write_csv_atomic
+    from stemquant.io import check_outputs, write_csv_atomic
     from stemquant.quant import (
         count_gmm,
         count_library,
@@ -145,7 +149,10 @@ def run_demo(out_dir="stemquant_demo", *, dose: float = 5e4, rng=0, pixel_size: 
 
     rng = as_rng(rng)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; the demo writes a folder (columns.csv, demo.png)")
     out.mkdir(parents=True, exist_ok=True)
+    check_outputs(out / "columns.csv", out / "demo.png", overwrite=overwrite)  # before the work, not after
     atoms = pt_nanoparticle()
     truth = project_columns(atoms)
     side = float(atoms.cell[0, 0])
@@ -165,7 +172,7 @@ def run_demo(out_dir="stemquant_demo", *, dose: float = 5e4, rng=0, pixel_size: 
     table["count_library"] = count_library(fit.scs, lib_scs)
     # GMM + ICL as StatSTEM; the lowest component is anchored to the library count nearest to its mean
     gmm = count_gmm(fit.scs, max_components=16)
-    first = int(count_library(gmm.means[:1], lib_scs)[0]) or 1
+    first = int(np.argmin(np.abs(lib_scs - gmm.means[0]))) + 1  # nearest library entry, >= 1 atom
     gmm = count_gmm(fit.scs, max_components=16, first_count=first)
     table["count_gmm"] = gmm.counts
     true_xy = truth[["x", "y"]].to_numpy()
@@ -207,10 +214,11 @@ def _cmd_demo(args) -> int:
 
 # --------------------------------------------------------------------------------------------- restore
 def _cmd_restore(args) -> int:
-    from stemquant.io import check_outputs, load_image, save_image
+    from stemquant.io import check_image_suffix, check_outputs, load_image, save_image
     from stemquant.restore import restore
 
-    check_outputs(args.output, overwrite=args.overwrite)
+    check_outputs(args.output, overwrite=args.overwrite, inputs=(args.input,))
+    check_image_suffix(args.output)  # before the network runs
     image, p = load_image(args.input)
     out = restore(image, model=args.model, device=args.device, tile=args.tile, overlap=args.overlap,
                   batch_size=args.batch_size)
@@ -257,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "CSV with x, y [Å], width [Å], height, SCS, CRLBs and convergence per column.")
     f.add_argument("image", help="image file (.npy, .tif, .h5; .dm3/.dm4/.emd/.ser with stemquant[io])")
     f.add_argument("--pixel-size", type=_positive_float, help="pixel size [Å] (default: from the file)")
-    f.add_argument("--dose", type=_positive_float, help="dose [e⁻/Å²] of a normalised image (omit for counts)")
+    f.add_argument("--dose", type=_positive_float,
+                   help="dose [e⁻/Å²] of a normalised image (fraction of the beam); omit for a counts image (a dose "
+                        "with counts is refused)")
     g = f.add_mutually_exclusive_group()
     g.add_argument("--positions", help="CSV with x, y [Å] starting positions")
     g.add_argument("--find", action="store_true", help="find columns automatically (default)")
@@ -332,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         func = args.func
     try:
         return int(func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # bad input or an unwritable/unreadable file: a message, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

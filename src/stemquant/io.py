@@ -8,7 +8,8 @@ extension           how
 ``.npy``            numpy (no pixel size is stored; :func:`load_image` returns ``None``)
 ``.tif``/``.tiff``  tifffile; pixel size from (1) the JSON description written by :func:`save_image`
                     (``pixel_size`` in Å), (2) ImageJ metadata (``unit`` + X resolution), (3) the TIFF
-                    ``XResolution``/``ResolutionUnit`` tags (centimetre or inch)
+                    ``XResolution``/``ResolutionUnit`` tags (centimetre or inch; a pixel > 1 µm is a print
+                    resolution such as 150 dpi, not a calibration: ``None`` with a warning)
 ``.h5``/``.hdf5``   h5py; dataset ``"image"`` or the only 2-D/3-D dataset; attribute ``pixel_size`` [Å] on the
                     dataset or on the file root (an optional ``pixel_size_unit`` attribute is honoured)
 ``.dm3`` ``.dm4``   rosettasciio (``pip install "stemquant[io]"``); the pixel size is read from the calibrated
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +39,8 @@ import numpy as np
 __all__ = [
     "OverwriteError",
     "atomic_write",
+    "check_image_suffix",
+    "check_outputs",
     "load_image",
     "save_image",
     "write_csv_atomic",
@@ -66,6 +70,8 @@ _LENGTH_TO_ANGSTROM = {
     "\\u00b5m": 1.0e4, "mm": 1.0e7, "cm": 1.0e8, "m": 1.0e10,
 }
 _CM_IN_ANGSTROM = 1.0e8
+#: Largest pixel size [Å] (1 µm) taken from TIFF resolution tags; larger ones are print resolutions (dpi).
+_MAX_CALIBRATED_PIXEL = 1.0e4
 _INCH_IN_ANGSTROM = 2.54e8
 
 
@@ -147,12 +153,42 @@ def _check_writable(path: Path, overwrite: bool) -> None:
         raise OverwriteError(f"{str(path)!r} already exists; pass overwrite=True (--overwrite) to replace it")
 
 
-def check_outputs(*paths, overwrite: bool) -> None:
-    """Refuse before any long work when an output cannot be written: a missing directory, a directory given as a
-    file, or an existing file without ``overwrite`` (None entries are skipped). The atomic writers check again."""
+def check_outputs(*paths, overwrite: bool, inputs=()) -> None:
+    """Refuse before any long work when an output cannot be written: a missing or read-only directory, a
+    directory given as a file, an existing file without ``overwrite``, two outputs naming one file, or an output
+    that is one of the ``inputs`` — never replaced, even with ``overwrite`` (None entries are skipped). The
+    atomic writers check again."""
+    ins = [Path(p) for p in inputs if p]
+    seen: list[Path] = []
     for p in paths:
-        if p:
-            _check_writable(Path(p), overwrite)
+        if not p:
+            continue
+        path = Path(p)
+        _check_writable(path, overwrite)
+        try:  # a real probe: permission bits do not tell root about read-only or virtual file systems
+            with tempfile.TemporaryFile(dir=path.parent):
+                pass
+        except OSError as exc:
+            raise PermissionError(f"cannot write {str(path)!r}: no file can be created in {str(path.parent)!r} "
+                                  f"({exc.strerror or exc})") from None
+        for q in ins:
+            if _same_file(path, q):
+                raise ValueError(f"output {str(path)!r} is the input file {str(q)!r}: stemquant never overwrites "
+                                 "its inputs (not even with --overwrite); choose another output name")
+        for q in seen:
+            if _same_file(path, q):
+                raise ValueError(f"two outputs name the same file {str(path)!r}; give them different names")
+        seen.append(path)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (links and relative paths resolved; a missing file only by its path)."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
 
 
 def _link_no_clobber(tmp: Path, path: Path) -> None:
@@ -196,6 +232,19 @@ def write_csv_atomic(df, path, *, overwrite: bool = False, index: bool = False) 
     return path
 
 
+def check_image_suffix(path) -> str:
+    """The lower-case extension of an image output path if :func:`save_image` can write it (ValueError
+    otherwise), so that callers can refuse a bad name before long work."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in _NATIVE_EXTENSIONS:
+        raise ValueError(
+            f"cannot write extension {path.suffix!r} (path {str(path)!r}); "
+            f"use one of {', '.join(_NATIVE_EXTENSIONS)}"
+        )
+    return ext
+
+
 def save_image(path, image, pixel_size: float | None = None, *, overwrite: bool = False) -> Path:
     """Save an image (and its pixel size) atomically as ``.npy``, ``.tif``/``.tiff`` or ``.h5``/``.hdf5``.
 
@@ -228,12 +277,7 @@ def save_image(path, image, pixel_size: float | None = None, *, overwrite: bool 
         from stemquant._validate import check_pixel_size
 
         pixel_size = check_pixel_size(pixel_size)
-    ext = path.suffix.lower()
-    if ext not in _NATIVE_EXTENSIONS:
-        raise ValueError(
-            f"cannot write extension {path.suffix!r} (path {str(path)!r}); "
-            f"use one of {', '.join(_NATIVE_EXTENSIONS)}"
-        )
+    ext = check_image_suffix(path)
     with atomic_write(path, overwrite=overwrite) as tmp:
         if ext == ".npy":
             if pixel_size is not None:
@@ -324,6 +368,12 @@ def load_image(path) -> tuple[np.ndarray, float | None]:
     image = np.asarray(image)
     if image.ndim not in (2, 3):
         raise ValueError(f"{str(path)!r} holds an array of shape {image.shape}; expected (H, W) or (B, H, W)")
+    if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] > 4:
+        # (H, W, 3/4) is a colour picture; read as a stack it would be H frames of W x 3 pixels
+        raise ValueError(f"{str(path)!r} holds an array of shape {image.shape}: an RGB(A) colour image, not a "
+                         "detector signal; give the single-channel image (a stack is (B, H, W))")
+    if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool) or np.iscomplexobj(image):
+        raise ValueError(f"{str(path)!r} holds {image.dtype} data; expected a real-valued numeric image")
     return image, pixel_size
 
 
@@ -360,11 +410,19 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
                               UserWarning, stacklevel=3)
                 return image, None
         if unit_code == 3:
-            return image, _CM_IN_ANGSTROM / px_per_unit
-        if unit_code == 2 and px_per_unit not in (1.0, 72.0, 96.0, 300.0):
-            # inch is the TIFF default; 1/72/96/300 dpi are screen/print defaults, not calibrations
-            return image, _INCH_IN_ANGSTROM / px_per_unit
-        return image, None
+            p = _CM_IN_ANGSTROM / px_per_unit
+        elif unit_code == 2:
+            p = _INCH_IN_ANGSTROM / px_per_unit
+        else:
+            return image, None
+        if p > _MAX_CALIBRATED_PIXEL:
+            # inch is the TIFF default, and image editors write print resolutions (72, 150, 300 dpi...): a
+            # pixel of more than 1 µm is a print size, not the calibration of an atomic-resolution image
+            warnings.warn(f"{path.name}: the TIFF resolution ({px_per_unit:g} pixels per "
+                          f"{'cm' if unit_code == 3 else 'inch'}) is a print resolution, not a calibration; "
+                          "pixel size unknown (pass it explicitly)", UserWarning, stacklevel=3)
+            return image, None
+        return image, p
 
 
 def _rational(value) -> float:

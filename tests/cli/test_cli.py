@@ -78,6 +78,60 @@ def test_fit_bad_inputs_give_clear_errors(tmp_path, capsys):
         build_parser().parse_args(["fit", str(bad), "--pixel-size", "-1"])
 
 
+def test_inputs_are_never_overwritten_and_outputs_checked_first(tmp_path, rng, capsys):
+    img = tmp_path / "img.tif"
+    from stemquant.io import save_image
+
+    _lattice_npy(tmp_path / "img.npy", rng)
+    save_image(img, np.load(tmp_path / "img.npy"), pixel_size=0.2)
+    before = img.read_bytes()
+    pos = _one_column(tmp_path)
+    for argv in (["fit", str(img), "--positions", str(pos), "--out", str(img), "--overwrite"],
+                 ["fit", str(img), "--positions", str(pos), "--plot", str(img), "--overwrite"],
+                 ["fit", str(img), "--positions", str(pos), "--out", str(pos), "--overwrite"],
+                 ["restore", str(img), str(img), "--overwrite"]):
+        assert main(argv) == 2
+        assert "never overwrites its inputs" in capsys.readouterr().err
+    assert img.read_bytes() == before
+    same = str(tmp_path / "same.png")
+    assert main(["fit", str(img), "--positions", str(pos), "--out", same, "--plot", same]) == 2
+    assert "same file" in capsys.readouterr().err
+    # an unwritable place or a bad output format is refused before the work, with a message (no traceback)
+    if Path("/proc").is_dir():
+        assert main(["fit", str(img), "--positions", str(pos), "--out", "/proc/x.csv"]) == 2
+        assert "no file can be created" in capsys.readouterr().err
+    assert main(["restore", str(img), str(tmp_path / "r.png")]) == 2
+    assert "extension" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_fit_reports_the_pixel_size_it_used(tmp_path, rng, capsys):
+    from stemquant.io import save_image
+
+    true, _ = _lattice_npy(tmp_path / "img.npy", rng)
+    img = save_image(tmp_path / "img.tif", np.load(tmp_path / "img.npy"), pixel_size=0.2)
+    pos = tmp_path / "pos.csv"
+    pd.DataFrame({"x": true[:, 0], "y": true[:, 1]}).to_csv(pos, index=False)
+    assert main(["fit", str(img), "--positions", str(pos), "--out", str(tmp_path / "a.csv")]) == 0
+    assert "pixel size 0.2 Å (from the file)" in capsys.readouterr().out
+    assert main(["fit", str(img), "--positions", str(pos), "--out", str(tmp_path / "b.csv"),
+                 "--pixel-size", "0.25"]) == 0
+    captured = capsys.readouterr()
+    assert "overrides the 0.2 Å" in captured.err and "pixel size 0.25 Å (--pixel-size)" in captured.out
+
+
+def test_count_library_plot(tmp_path, rng):
+    from stemquant.simulate import load_scs_library
+
+    lib = load_scs_library("pt001_particle")
+    pd.DataFrame({"scs": lib.scs(rng.integers(1, 12, 100))}).to_csv(tmp_path / "fit.csv", index=False)
+    assert main(["count", str(tmp_path / "fit.csv"), "--method", "library", "--library", "pt001_particle",
+                 "--plot", str(tmp_path / "lib.png")]) == 0
+    assert (tmp_path / "lib.png").stat().st_size > 1000
+
+
 def test_demo_end_to_end(tmp_path):
     """The README's run command: the whole chain on the embedded Pt nanoparticle."""
     from stemquant.cli import run_demo
@@ -163,7 +217,7 @@ def test_restore_bad_tile_is_a_clear_error(tmp_path, rng, capsys):
     assert "tile" in capsys.readouterr().err
 
 
-def test_count_with_a_bundled_library_by_name(tmp_path, rng):
+def test_count_with_a_bundled_library_by_name(tmp_path, rng, capsys):
     """`--library pt001_particle` uses the bundled abTEM library (no CSV to write first); columns whose SCS lie
     within 1 % of the library value of their thickness are counted exactly."""
     from stemquant.simulate import load_scs_library
@@ -176,9 +230,9 @@ def test_count_with_a_bundled_library_by_name(tmp_path, rng):
     assert main(["count", str(tmp_path / "fit.csv"), "--method", "library", "--library", "pt001_particle",
                  "--out", str(out)]) == 0
     np.testing.assert_array_equal(pd.read_csv(out)["count"], true)
-    with pytest.raises(SystemExit, match="bundled SCS library"):
-        main(["count", str(tmp_path / "fit.csv"), "--method", "library", "--library", "no_such_library",
-              "--out", str(tmp_path / "c2.csv")])
+    assert main(["count", str(tmp_path / "fit.csv"), "--method", "library", "--library", "no_such_library",
+                 "--out", str(tmp_path / "c2.csv")]) == 2  # a user error: exit 2 with a message, as every verb
+    assert "bundled SCS library" in capsys.readouterr().err
 
 
 def test_fit_noise_defaults_to_poisson_with_a_dose(tmp_path, rng):

@@ -146,7 +146,17 @@ def test_count_library_hand_checked():
     # boundaries 0.5, 1.5, 2.5 (midpoints, SCS(0) = 0); values on a boundary take the larger count
     np.testing.assert_array_equal(count_library(scs, lib), [0, 0, 1, 1, 2, 2, 3, 3])
     with pytest.warns(UserWarning, match="extend the library"):
-        assert count_library([5.0], lib).tolist() == [3]
+        assert count_library([1.0, 2.0, 5.0], lib).tolist() == [1, 2, 3]
+
+
+def test_count_library_refuses_a_scale_mismatch():
+    # SCS of a counts image (counts·Å²) against a library in Å² of normalised images, and the reverse: every
+    # column would be clamped to the thickest library entry or to 0 atoms — refused, not counted
+    lib = np.array([0.02, 0.041, 0.06, 0.082])
+    with pytest.raises(ValueError, match="different scales"):
+        count_library(lib[[0, 1, 2, 3, 1]] * 5e3 * 0.01, lib)  # × dose·p²
+    with pytest.raises(ValueError, match="different scales"):
+        count_library(lib[[0, 1, 2, 3, 1]], lib * 50.0)
 
 
 def test_count_library_bad_input():

@@ -341,6 +341,7 @@ def test_one_bad_frame_does_not_stop_the_others(rng):
         ({"max_iter": 0}, "max_iter"),
         ({"noise": "poisson", "background": 0.0}, "positive background"),
         ({"image": -np.ones((20, 20)), "noise": "poisson"}, "non-negative"),
+        ({"image": np.full((20, 20), 40.0), "dose": 5e3}, "counts"),  # counts declared normalised by a dose
     ],
 )
 def test_bad_input_raises(kwargs, match):
@@ -348,6 +349,47 @@ def test_bad_input_raises(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         fit_columns(args.pop("image"), args.pop("positions"), args.pop("pixel_size"), **args)
+
+
+def test_two_starts_on_one_column(rng):
+    # A duplicated (or near-duplicated) start row splits one column's SCS between two Gaussians and shifts every
+    # count downstream: refused before the fit. Two starts that end up on one column are flagged.
+    import warnings
+
+    pos, shape = lattice()
+    img = gaussian_image(pos, 0.45, 1.0, 0.1, shape)
+    for extra in (pos[5], pos[5] + [0.15, 0.0]):
+        with pytest.raises(ValueError, match="less than one pixel"):
+            fit_columns(img, np.vstack([pos, extra]), P, crlb=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = fit_columns(img, np.vstack([pos, pos[5] + [0.3, 0.0]]), P, crlb=False)
+    d = np.hypot(*(fit.positions[5] - fit.positions[-1]))
+    if d < 0.5 * fit.widths[5]:  # they collapsed: neither is a column estimate
+        assert not fit.converged[5] and not fit.converged[-1]
+        assert any("collapsed onto a neighbour" in str(w.message) for w in caught)
+    # whatever happened, column 5 is never reported converged with a split SCS
+    true_scs = 2 * np.pi * 1.0 * 0.45**2
+    assert not fit.converged[5] or abs(fit.scs[5] - true_scs) < 1e-3 * true_scs
+
+
+def test_units_contradicting_the_dose(rng):
+    # A counts image given a dose would get CRLBs ~sqrt(dose·p²) too small: refused (mean > whole beam). A
+    # normalised image fitted as counts (Poisson without dose) gets meaningless weights and bounds: warned.
+    pos, shape = lattice(3)
+    img = gaussian_image(pos, 0.45, 0.05, 0.005, shape)
+    dose = 2e4
+    counts = rng.poisson(img * dose * P * P).astype(float)
+    with pytest.raises(ValueError, match="looks like detector counts"):
+        fit_columns(counts, pos, P, dose=dose, crlb=False)
+    with pytest.warns(UserWarning, match="pass dose"):
+        fit_columns(counts / (dose * P * P), pos, P, noise="poisson", crlb=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the right declarations pass silently
+        fit_columns(counts, pos, P, noise="poisson", crlb=False)
+        fit_columns(counts / (dose * P * P), pos, P, dose=dose, crlb=False)
 
 
 def test_crlb_bad_input():

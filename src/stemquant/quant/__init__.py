@@ -4,7 +4,14 @@ Positions are (x, y) in Å, SCS in intensity·Å² (docs/conventions.md).
 """
 
 from . import metrics
-from ._counting import GMMCountResult, count_gmm, count_library, load_library_csv, plot_counting
+from ._counting import (
+    GMMCountResult,
+    count_gmm,
+    count_library,
+    load_library_csv,
+    plot_counting,
+    plot_library_counting,
+)
 from ._crlb import column_crlb
 from ._fit import FitResult, fit_columns
 from ._peaks import add_columns, find_columns, load_positions, remove_columns, save_positions
@@ -26,6 +33,7 @@ __all__ = [
     "metrics",
     "plot_counting",
     "plot_fit",
+    "plot_library_counting",
     "remove_columns",
     "save_figure",
     "save_positions",

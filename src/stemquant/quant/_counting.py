@@ -382,7 +382,9 @@ def count_library(scs, library_scs) -> np.ndarray:
     Returns
     -------
     counts : ndarray of int, shape (N,)
-        Atom counts in 0..K. Decision boundaries are the midpoints between consecutive library values, with
+        Atom counts in 0..K. A median SCS outside the library's range (below half the 1-atom value or more
+        than half a step above the last) raises ValueError: a scale mismatch, not a sample. Decision boundaries
+        are the midpoints between consecutive library values, with
         SCS(0 atoms) = 0: below ``library_scs[0] / 2`` -> 0 atoms; in [(L[k-1]+L[k])/2, (L[k]+L[k+1])/2)
         -> k+1 atoms; a value exactly on a boundary gets the larger count. Values above the last library value
         get K (a warning is issued beyond the last half-step: extend the library).
@@ -397,6 +399,14 @@ def count_library(scs, library_scs) -> np.ndarray:
     bounds = np.concatenate([[lib[0] / 2.0], (lib[:-1] + lib[1:]) / 2.0])
     counts = np.searchsorted(bounds, x, side="right").astype(np.int64)
     step = lib[-1] - (lib[-2] if len(lib) > 1 else 0.0)
+    med = float(np.median(x))
+    if med < lib[0] / 2.0 or med > lib[-1] + step / 2.0:
+        # most columns "empty" or beyond the thickest library column: the numbers would be clamped, not counted
+        raise ValueError(
+            f"the median SCS ({med:.4g}) lies outside the library's range (1 atom: {lib[0]:.4g}, {len(lib)} atoms: "
+            f"{lib[-1]:.4g}): the SCS and the library are on different scales (normalised images give Å², counts "
+            "images counts·Å²) or the library is for another material, probe or thickness range"
+        )
     n_out = int(np.sum(x > lib[-1] + step / 2.0))
     if n_out:
         warnings.warn(f"{n_out} SCS value(s) lie more than half a step above the largest library value "
@@ -508,4 +518,43 @@ def plot_counting(result: GMMCountResult, scs=None, ax=None):
     ax_icl.set_xlabel("number of components")
     ax_icl.set_ylabel("ICL")
     ax_icl.legend(frameon=False)
+    return fig
+
+
+def plot_library_counting(scs, library_scs, ax=None):
+    """SCS histogram with the library values (``library_scs[k - 1]`` = SCS of k atoms) and the count boundaries.
+
+    Parameters
+    ----------
+    scs : array_like, shape (N,)
+        Cross-sections to histogram.
+    library_scs : array_like, shape (K,)
+        As in :func:`count_library`.
+    ax : matplotlib Axes, optional
+        Default: a new ``matplotlib.figure.Figure`` (no pyplot state, Agg-safe).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    """
+    x = _check_scs(scs, "scs")
+    lib = _check_library(library_scs)
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(7, 4), layout="constrained")
+        ax = fig.subplots()
+    else:
+        fig = ax.figure
+    bins = max(10, min(200, int(np.sqrt(len(x)) * 2)))
+    ax.hist(x, bins=bins, color="0.75", label="SCS")
+    lo, hi = x.min(), x.max()
+    shown = np.flatnonzero((lib >= lo - (hi - lo) * 0.05) & (lib <= hi + (hi - lo) * 0.05))
+    for i, k in enumerate(shown):
+        ax.axvline(lib[k], color="C0", lw=0.8, ls="--", label=None if i else "library (atoms)")
+        ax.annotate(str(k + 1), (lib[k], 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom",
+                    fontsize=7, color="C0")
+    ax.set_xlabel("scattering cross-section")
+    ax.set_ylabel("columns")
+    ax.legend(frameon=False, loc="upper left")
     return fig

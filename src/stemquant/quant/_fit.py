@@ -207,6 +207,7 @@ def fit_columns(
     pos = check_positions(positions, (H, W), p, batch=B)
     pos3 = np.broadcast_to(pos if pos.ndim == 3 else pos[None], (B, *pos.shape[-2:]))
     N = pos3.shape[1]
+    _check_start_separation(pos3, p)
     fixed_width = None
     if isinstance(width, str):
         if width not in _WIDTH_MODES:
@@ -243,6 +244,7 @@ def fit_columns(
                 "noise='poisson' needs non-negative counts, but the image has negative pixels; "
                 "use noise='gaussian' for background-subtracted or restored images"
             )
+    _check_intensity_units(img3, dose, noise)
     dev = resolve_device(device)
 
     # Everything below works in pixel units and data units (counts when scale = dose·p²).
@@ -293,6 +295,68 @@ def fit_columns(
         st = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
         return _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types_arr, crlb, stack,
                          pool, crlb_threads)
+
+
+def _check_start_separation(pos3: np.ndarray, p: float) -> None:
+    """Refuse start positions less than one pixel apart: two Gaussians on one column split its SCS between them
+    (and the fit cannot tell them apart), so every count downstream would be wrong."""
+    from scipy.spatial import cKDTree
+
+    frames = pos3[:1] if pos3.strides[0] == 0 else pos3  # one set broadcast over the stack: check it once
+    for b, pos in enumerate(frames):
+        pairs = cKDTree(pos).query_pairs(p, output_type="ndarray")
+        if len(pairs):
+            i, j = pairs[0]
+            d = float(np.hypot(*(pos[i] - pos[j])))
+            where = f" in frame {b}" if len(frames) > 1 else ""
+            raise ValueError(
+                f"{len(pairs)} pair(s) of start positions lie less than one pixel ({p:g} Å) apart{where}, e.g. "
+                f"columns {i} and {j} ({d:.3g} Å): duplicate rows? Remove one of each pair (remove_columns)"
+            )
+
+
+def _collapsed(x: np.ndarray, y: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """Columns (B, N) whose fitted centre lies within half a width of another's: two Gaussians sharing one column
+    (its SCS split between them), not two columns — projected columns are never that close in a resolved image."""
+    from scipy.spatial import cKDTree
+
+    out = np.zeros(x.shape, dtype=bool)
+    for b in range(x.shape[0]):
+        xy = np.stack((x[b], y[b]), -1)
+        ok = np.isfinite(xy).all(1) & np.isfinite(rho[b])
+        if not ok.any():
+            continue
+        idx = np.flatnonzero(ok)
+        pairs = idx[cKDTree(xy[ok]).query_pairs(0.5 * float(np.abs(rho[b, ok]).max()), output_type="ndarray")]
+        if len(pairs):
+            i, j = pairs[:, 0], pairs[:, 1]
+            close = np.hypot(*(xy[i] - xy[j]).T) < 0.5 * np.maximum(rho[b, i], rho[b, j])
+            out[b, i[close]] = out[b, j[close]] = True
+    return out
+
+
+def _check_intensity_units(img3: np.ndarray, dose, noise: str) -> None:
+    """Catch an image whose units contradict ``dose`` (docs/conventions.md): every number downstream — the
+    Poisson weights, the CRLB — scales with the assumed counts.
+
+    With a dose the image is normalised intensity, a fraction of the incident beam, so its mean cannot exceed 1
+    (allowed: 1.5, for the bright-field case of mean ≈ 1 and calibration error); a larger mean means detector
+    counts, whose CRLB would come out ~sqrt(dose·p²) times too small. Without a dose, the Poisson criterion takes
+    the values as counts: a mean below 1 with fractional values is almost surely normalised intensity (warning).
+    """
+    mean = float(np.mean(img3))
+    if dose is not None and mean > 1.5:
+        raise ValueError(
+            f"with dose the image must be normalised intensity (a fraction of the incident beam: expected counts = "
+            f"intensity·dose·pixel_size²), but its mean is {mean:.4g} > 1, more than the whole beam: it looks like "
+            "detector counts. Omit dose for a counts image (noise='poisson' then takes the values as counts), or "
+            "divide the image by dose·pixel_size²"
+        )
+    if dose is None and noise == "poisson" and mean < 1.0 and not np.array_equal(img3, np.round(img3)):
+        warnings.warn(
+            f"noise='poisson' without dose takes the pixel values as electron counts, but they are fractional with "
+            f"a mean of {mean:.3g}: a normalised image? Then pass dose [e⁻/Å²], or the fit weights and CRLBs are "
+            "meaningless", UserWarning, stacklevel=3)
 
 
 def _least_squares_at_low_counts(img3, scale, noise, dose) -> bool:
@@ -906,6 +970,8 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
     # optimum may be genuine, but its parameters are not an estimate of a column, so it is not reported converged
     outside = outside_image(np.stack((x, y), -1), img3.shape[1:], p)
     conv = conv & ~outside
+    collapsed = _collapsed(x, y, rho)
+    conv = conv & ~collapsed
     width_mode = "fixed" if fixed_width is not None else width
     if crlb:
         stats = "poisson" if (dose is not None or noise == "poisson") else "gaussian"
@@ -945,6 +1011,9 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
             hint += (f" In {int(too_wide.sum())} frame(s) the widths grew past 3x their start value and the fit "
                      "stopped: give width_init [Å] near the expected column width.")
         moved = f", {int(outside.sum())} of them moved outside the image" if outside.any() else ""
+        if collapsed.any():
+            moved += (f", {int(collapsed.sum())} of them collapsed onto a neighbour (centres closer than half a "
+                      "width: two start positions for one column?)")
         warnings.warn(f"{int((~conv).sum())} of {conv.size} columns did not converge{moved} (fit.table['converged'] "
                       f"is False for them; their parameters are not estimates).{hint}", UserWarning, stacklevel=3)
     table = pd.DataFrame(
