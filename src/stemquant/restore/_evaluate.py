@@ -254,7 +254,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     from stemquant.io import check_outputs, write_csv_atomic
 
     args = evaluate_parser().parse_args(argv)
-    check_outputs(args.csv, args.per_image_csv, overwrite=args.overwrite)  # before the (long) evaluation
+    # before the (long) evaluation; the model file and config are inputs, never replaced
+    check_outputs(args.csv, args.per_image_csv, overwrite=args.overwrite,
+                  inputs=(args.model if args.model and Path(args.model).exists() else None, args.config))
     model = args.model
     if args.config:
         from ._train import TrainConfig
