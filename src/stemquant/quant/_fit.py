@@ -697,17 +697,27 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         rho = st.rho()
         moved = torch.maximum((st.col[..., M.CX] - (prob.geom.j0 + prob.geom.h)).abs(),
                               (st.col[..., M.CY] - (prob.geom.i0 + prob.geom.h)).abs())
-        # a frame whose widths outgrow the padded margin (> 3x the start) stops there and is reported as not
-        # converged; the other frames go on
-        too_wide = rho.amax(1) * truncation > pad
-        if bool((too_wide & ~done).any()):
-            failed |= too_wide & ~done
+        # Widths that outgrow the padded margin (sized for 3x the start): a poor start (strongly overlapping
+        # columns defeat the start estimate) — re-pad the stack for twice the current width and go on, up to
+        # _MAX_WIDTH_GROWTH x the start. A frame growing further stops there, reported not converged (a spurious
+        # column widening into the background); the other frames go on.
+        grown = rho.amax(1) * truncation > pad
+        repad = False
+        if bool((grown & ~done).any()):
+            too_wide = grown & ~done & (rho.amax(1) > _MAX_WIDTH_GROWTH * rho0)
+            failed |= too_wide
             done |= too_wide
             if bool(done.all()):
                 break
-        live = ~too_wide
+            live_rho = rho[~done]
+            if bool((live_rho.amax(1) * truncation > pad).any()):
+                pad = _half_size(2 * float(live_rho.max()), truncation) + 2
+                dpad, mask = M.pad_stack(data, pad)
+                prob = _Problem(dpad.reshape(-1), prob.geom, mask, types, width_mode, noise, col_free, glob_free)
+                blocks, repad = None, True
+        live = ~failed
         need_h = min(_half_size(rho[live].max(), truncation), pad) if bool(live.any()) else prob.geom.h
-        if bool((moved > 1.0).any()) or need_h > prob.geom.h:
+        if repad or bool((moved > 1.0).any()) or need_h > prob.geom.h:
             prob.geom = M.make_geometry(st.col[..., M.CX], st.col[..., M.CY], max(need_h, prob.geom.h), (H, W), pad)
             prof, f = prob.model(st)
             obj = prob.objective(f)
@@ -740,6 +750,10 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
 def _guard(obj, st: _State):
     """Reject states with non-positive widths (objective +inf)."""
     return torch.where((st.rho() <= 0.2).any(1), torch.full_like(obj, math.inf), obj)
+
+
+# A fit whose widths grow past this multiple of their start stops (not converged): a runaway, not a poor start.
+_MAX_WIDTH_GROWTH = 8.0
 
 
 def _half_size(rho_max, truncation: float) -> int:
@@ -1008,8 +1022,9 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
                 if _least_squares_at_low_counts(img3, scale, noise, dose) else "")
         too_wide = st["too_wide"].cpu().numpy()
         if too_wide.any():  # the start width was far too small (strongly overlapping columns defeat the estimate)
-            hint += (f" In {int(too_wide.sum())} frame(s) the widths grew past 3x their start value and the fit "
-                     "stopped: give width_init [Å] near the expected column width.")
+            hint += (f" In {int(too_wide.sum())} frame(s) a width grew past {_MAX_WIDTH_GROWTH:g}x its start value "
+                     "and the fit stopped: a start position with no column under it (remove it), or a start width "
+                     "far too small (give width_init [Å] near the expected column width).")
         moved = f", {int(outside.sum())} of them moved outside the image" if outside.any() else ""
         if collapsed.any():
             moved += (f", {int(collapsed.sum())} of them collapsed onto a neighbour (centres closer than half a "
