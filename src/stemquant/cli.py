@@ -7,6 +7,7 @@ The CLI composes the subpackages; each handler imports what it needs lazily so `
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def _cmd_fit(args) -> int:
     from stemquant.quant import find_columns, fit_columns, load_positions
 
     out = _out_path(args.out, Path(args.image).with_suffix(".columns.csv"))
-    check_outputs(out, args.plot, overwrite=args.overwrite, inputs=(args.image, args.positions))
+    meta = out.with_suffix(".json")
+    check_outputs(out, meta, args.plot, overwrite=args.overwrite, inputs=(args.image, args.positions))
     image, file_p = load_image(args.image)
     pixel_size = args.pixel_size or file_p
     if pixel_size is None:
@@ -54,8 +56,9 @@ def _cmd_fit(args) -> int:
     fit = fit_columns(image, positions, pixel_size, dose=args.dose, width=args.width, noise=args.noise,
                       device=args.device, workers=args.workers, progress=True if image.ndim == 3 else None)
     write_csv_atomic(fit.table, out, overwrite=args.overwrite)
+    _write_fit_metadata(meta, args, fit, pixel_size_source="--pixel-size" if args.pixel_size else "file")
     conv = fit.table["converged"].mean()
-    print(f"fitted {len(fit.table)} columns ({100 * conv:.1f}% converged) -> {out}")
+    print(f"fitted {len(fit.table)} columns ({100 * conv:.1f}% converged) -> {out} (settings and units: {meta})")
     if args.plot:
         from stemquant.quant import plot_fit, save_figure
 
@@ -63,6 +66,37 @@ def _cmd_fit(args) -> int:
         save_figure(fig, args.plot, overwrite=args.overwrite)
         print(f"plot -> {args.plot}")
     return 0
+
+
+def _write_fit_metadata(path: Path, args, fit, *, pixel_size_source: str) -> None:
+    """The settings and units of a fit CSV, as JSON next to it: the CSV alone does not say what its numbers mean."""
+    import json
+
+    from stemquant import __version__
+    from stemquant.io import atomic_write
+
+    intensity = "fraction of the incident beam" if fit.dose is not None else "image units (counts)"
+    scs_unit = "Å² (fraction of the beam × Å²)" if fit.dose is not None else "image units × Å²"
+    meta = {
+        "stemquant": __version__,
+        "command": "stemquant " + shlex.join(getattr(args, "argv", None) or ["fit", str(args.image)]),
+        "image": str(args.image),
+        "positions": str(args.positions) if args.positions else "found (stemquant find_columns)",
+        "pixel_size_A": fit.pixel_size,
+        "pixel_size_source": pixel_size_source,
+        "dose_e_per_A2": fit.dose,
+        "noise": fit.noise,
+        "width": fit.width_mode,
+        "frames": int(np.size(fit.n_iter)),
+        "iterations": np.atleast_1d(fit.n_iter).tolist(),
+        "units": {  # per CSV column; the *_crlb columns are standard deviations (square roots of the bounds)
+            "x": "Å from the image's left edge", "y": "Å from the image's top edge", "width": "Å",
+            "height": intensity, "background": intensity, "scs": scs_unit,
+            "x_crlb": "Å", "y_crlb": "Å", "scs_crlb": scs_unit,
+        },
+    }
+    with atomic_write(path, overwrite=args.overwrite) as tmp:
+        Path(tmp).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------- count
@@ -339,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         func, args = _PASSTHROUGH[argv[0]], argparse.Namespace(args=argv[1:])
     else:
         args = build_parser().parse_args(argv)
-        func = args.func
+        args.argv, func = argv, args.func  # the command line, recorded with the outputs
     try:
         return int(func(args) or 0)
     except (ValueError, OSError) as exc:  # bad input or an unwritable/unreadable file: a message, not a traceback

@@ -42,6 +42,11 @@ def test_fit_then_count(tmp_path, rng):
                  "--find", "--min-distance", "0.8", "--out", str(out), "--plot", str(tmp_path / "fit.png")]) == 0
     t = pd.read_csv(out)
     assert len(t) == len(pos) and t["converged"].all()
+    import json
+
+    meta = json.loads((tmp_path / "cols.json").read_text())  # what the CSV's numbers mean, next to it
+    assert meta["pixel_size_A"] == 0.2 and meta["dose_e_per_A2"] == dose and meta["noise"] == "poisson"
+    assert meta["command"].startswith("stemquant fit ") and meta["units"]["x_crlb"] == "Å"
     # every true column was found and fitted within a few CRLBs
     d = np.min(np.hypot(t["x"].to_numpy()[:, None] - pos[:, 0], t["y"].to_numpy()[:, None] - pos[:, 1]), axis=0)
     assert np.all(d < 5 * np.hypot(t["x_crlb"], t["y_crlb"]).max())

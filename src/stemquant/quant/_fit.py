@@ -70,8 +70,9 @@ class FitResult:
     widths, heights, scs : ndarray, shape ([B,] N)
     background : ndarray, shape ([B])
     converged : ndarray of bool, shape ([B,] N)
-        The frame's optimiser converged and the column's centre lies inside the image (a column fitted outside
-        it describes a tail of noise, not a column). ``fit_columns`` warns when any column is not converged.
+        The frame's optimiser converged, the column's centre lies inside the image (a column fitted outside
+        it describes a tail of noise, not a column) and no other column's centre lies within half its width (two
+        Gaussians sharing one column split its SCS). ``fit_columns`` warns when any column is not converged.
     n_iter : ndarray of int, shape ([B])
         Levenberg–Marquardt iterations used per frame.
     objective : ndarray, shape ([B])
