@@ -67,7 +67,8 @@ def find_columns(
     method : {"maxima", "anscombe"}, optional
         Routine (see module docstring). Default "maxima".
     refine : bool, optional
-        Sub-pixel refinement by a windowed centroid (default True).
+        Sub-pixel refinement by a windowed centroid (default True). Refined positions closer than
+        max(min_distance / 2, one pixel) ran onto one column: only the stronger maximum is kept.
 
     Returns
     -------
@@ -99,6 +100,8 @@ def find_columns(
     ij = peaks.astype(np.float64)
     if refine:
         ij = _refine_centroid(filtered, peaks, max(min_distance / p / 4.0, 0.5))
+        # two maxima whose centroids ran onto one column (a noisy or strongly filtered peak): keep the stronger
+        ij = ij[_merge_close(ij, filtered[peaks[:, 0], peaks[:, 1]], max(min_distance / p / 2.0, 1.0))]
     pos = np.column_stack([(ij[:, 1] + 0.5) * p, (ij[:, 0] + 0.5) * p])
     # a maximum whose centroid runs out of the image sits on a rising edge (intensity beyond the border), not on a
     # column inside it: fitting such a start ends outside the image and pulls on its neighbours
@@ -159,6 +162,22 @@ def _local_maxima(filtered: np.ndarray, md_px: int, threshold: float) -> np.ndar
     peaks = peak_local_max(norm, min_distance=md_px, threshold_abs=threshold, exclude_border=False)
     order = np.lexsort((peaks[:, 1], peaks[:, 0]))
     return peaks[order]
+
+
+def _merge_close(ij: np.ndarray, strength: np.ndarray, radius_px: float) -> np.ndarray:
+    """Sorted indices of the positions to keep: strongest first, dropping any within ``radius_px`` of a kept one."""
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(ij).query_pairs(radius_px, output_type="ndarray")
+    if len(pairs) == 0:
+        return np.arange(len(ij))
+    keep = np.ones(len(ij), dtype=bool)
+    rank = np.argsort(np.argsort(-strength, kind="stable"))  # 0 = strongest
+    # visit pairs from the strongest partner down, so a dropped position never removes another
+    for i, j in sorted(map(tuple, pairs), key=lambda ab: min(rank[ab[0]], rank[ab[1]])):
+        if keep[i] and keep[j]:
+            keep[j if rank[j] > rank[i] else i] = False
+    return np.flatnonzero(keep)
 
 
 def _refine_centroid(filtered: np.ndarray, peaks: np.ndarray, window_sigma_px: float) -> np.ndarray:
