@@ -71,8 +71,9 @@ class FitResult:
     background : ndarray, shape ([B])
     converged : ndarray of bool, shape ([B,] N)
         The frame's optimiser converged, the column's centre lies inside the image (a column fitted outside
-        it describes a tail of noise, not a column) and no other column's centre lies within half its width (two
-        Gaussians sharing one column split its SCS). ``fit_columns`` warns when any column is not converged.
+        it describes a tail of noise, not a column) and no other column's centre lies closer than the larger of
+        their widths (two Gaussians sharing one column split its SCS). ``fit_columns`` warns when any column is
+        not converged.
     n_iter : ndarray of int, shape ([B])
         Levenberg–Marquardt iterations used per frame.
     objective : ndarray, shape ([B])
@@ -146,7 +147,9 @@ def fit_columns(
     width_init : float, optional
         Initial width [Å]; estimated from the image when omitted.
     truncation : float
-        Gaussians are evaluated within ``truncation`` initial widths (+30 % headroom) of their start pixel.
+        Each Gaussian is evaluated on a window of half-size ceil(truncation · width) pixels around its current
+        position (zero outside; tails ≤ exp(-truncation²/2) of the peak are neglected); windows are re-centred
+        and enlarged as columns move and widths grow.
     max_iter : int
         Maximum Levenberg–Marquardt iterations.
     crlb : bool
@@ -317,8 +320,10 @@ def _check_start_separation(pos3: np.ndarray, p: float) -> None:
 
 
 def _collapsed(x: np.ndarray, y: np.ndarray, rho: np.ndarray) -> np.ndarray:
-    """Columns (B, N) whose fitted centre lies within half a width of another's: two Gaussians sharing one column
-    (its SCS split between them), not two columns — projected columns are never that close in a resolved image."""
+    """Columns (B, N) whose fitted centres lie closer than the larger of the two widths: two Gaussians sharing one
+    column (its SCS split between them, e.g. a spurious start that became a wide faint Gaussian on a column's
+    flank), not two columns. Resolved projected columns are farther apart than their widths (dumbbells of
+    0.8-1.4 Å against widths of 0.4-0.7 Å); two columns closer than that cannot be told apart reliably anyway."""
     from scipy.spatial import cKDTree
 
     out = np.zeros(x.shape, dtype=bool)
@@ -328,10 +333,10 @@ def _collapsed(x: np.ndarray, y: np.ndarray, rho: np.ndarray) -> np.ndarray:
         if not ok.any():
             continue
         idx = np.flatnonzero(ok)
-        pairs = idx[cKDTree(xy[ok]).query_pairs(0.5 * float(np.abs(rho[b, ok]).max()), output_type="ndarray")]
+        pairs = idx[cKDTree(xy[ok]).query_pairs(float(np.abs(rho[b, ok]).max()), output_type="ndarray")]
         if len(pairs):
             i, j = pairs[:, 0], pairs[:, 1]
-            close = np.hypot(*(xy[i] - xy[j]).T) < 0.5 * np.maximum(rho[b, i], rho[b, j])
+            close = np.hypot(*(xy[i] - xy[j]).T) < np.maximum(rho[b, i], rho[b, j])
             out[b, i[close]] = out[b, j[close]] = True
     return out
 
@@ -1028,7 +1033,7 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
                      "far too small (give width_init [Å] near the expected column width).")
         moved = f", {int(outside.sum())} of them moved outside the image" if outside.any() else ""
         if collapsed.any():
-            moved += (f", {int(collapsed.sum())} of them collapsed onto a neighbour (centres closer than half a "
+            moved += (f", {int(collapsed.sum())} of them collapsed onto a neighbour (centres closer than their "
                       "width: two start positions for one column?)")
         warnings.warn(f"{int((~conv).sum())} of {conv.size} columns did not converge{moved} (fit.table['converged'] "
                       f"is False for them; their parameters are not estimates).{hint}", UserWarning, stacklevel=3)
