@@ -17,7 +17,7 @@ from stemquant.simulate import PRESETS, load_scs_library, render_incoherent
 rng = np.random.default_rng(7)
 pixel_size, dose, spacing = 0.12, 2e4, 3.92 / 2  # Å, e⁻/Å², Å
 
-# ground truth: column positions and atom counts (2 atoms per unit cell along [001])
+# ground truth: column positions and atom counts (one atom per column per unit cell along [001])
 g = spacing * (np.arange(12) + 1.5)
 X, Y = np.meshgrid(g, g)
 truth = pd.DataFrame({"x": X.ravel(), "y": Y.ravel(), "n_atoms": rng.integers(2, 9, X.size)})

@@ -108,6 +108,10 @@ def _cmd_count(args) -> int:
 
     out = _out_path(args.out, Path(args.csv).with_suffix(".counts.csv"))
     check_outputs(out, args.plot, overwrite=args.overwrite, inputs=(args.csv, args.library))
+    if args.method is None:  # --library alone means library counting (it used to be ignored by the GMM)
+        args.method = "library" if args.library else "gmm"
+    elif args.method == "gmm" and args.library:
+        raise ValueError("--library is for --method library; the GMM does not use it (drop one of them)")
     if args.method == "library" and not args.library:
         raise ValueError("--method library needs --library (a bundled name such as pt001_particle, or a CSV with "
                          "columns n_atoms, scs)")
@@ -323,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("count", help="count atoms from fitted SCS (GMM + ICL, or library)",
                        description="Atom counting from the 'scs' column of a fit CSV.")
     c.add_argument("csv", help="CSV with an 'scs' column (from `stemquant fit`)")
-    c.add_argument("--method", default="gmm", choices=["gmm", "library"])
+    c.add_argument("--method", choices=["gmm", "library"],
+                   help="GMM + ICL (default) or nearest library SCS (default when --library is given)")
     c.add_argument("--library", help="SCS library for --method library: a bundled name (pt001_bulk, "
                    "pt001_particle; SCS in Å² of normalised images) or a CSV with columns n_atoms, scs")
     c.add_argument("--max-components", type=int, default=10,

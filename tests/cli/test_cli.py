@@ -236,6 +236,13 @@ def test_count_with_a_bundled_library_by_name(tmp_path, rng, capsys):
     assert main(["count", str(tmp_path / "fit.csv"), "--method", "library", "--library", "pt001_particle",
                  "--out", str(out)]) == 0
     np.testing.assert_array_equal(pd.read_csv(out)["count"], true)
+    # --library alone means library counting; with --method gmm it is a contradiction, not silently ignored
+    implied = tmp_path / "implied.csv"
+    assert main(["count", str(tmp_path / "fit.csv"), "--library", "pt001_particle", "--out", str(implied)]) == 0
+    np.testing.assert_array_equal(pd.read_csv(implied)["count"], true)
+    assert main(["count", str(tmp_path / "fit.csv"), "--method", "gmm", "--library", "pt001_particle",
+                 "--out", str(tmp_path / "c3.csv")]) == 2
+    assert "--method library" in capsys.readouterr().err
     assert main(["count", str(tmp_path / "fit.csv"), "--method", "library", "--library", "no_such_library",
                  "--out", str(tmp_path / "c2.csv")]) == 2  # a user error: exit 2 with a message, as every verb
     assert "bundled SCS library" in capsys.readouterr().err
