@@ -384,16 +384,25 @@ def test_two_starts_on_one_column(noisy):
 def test_units_contradicting_the_dose(rng):
     # A counts image given a dose would get CRLBs ~sqrt(dose·p²) too small: refused (mean > whole beam). A
     # normalised image fitted as counts (Poisson without dose) gets meaningless weights and bounds: warned.
+    import warnings
+
     pos, shape = lattice(3)
     img = gaussian_image(pos, 0.45, 0.05, 0.005, shape)
     dose = 2e4
     counts = rng.poisson(img * dose * P * P).astype(float)
     with pytest.raises(ValueError, match="looks like detector counts"):
         fit_columns(counts, pos, P, dose=dose, crlb=False)
+    # at low dose the counts' mean is below 1, but only counts are all whole numbers (c = dose·p² = 5 and 0.4)
+    for low in (125.0, 10.0):
+        low_counts = rng.poisson(img * low * P * P).astype(float)
+        assert low_counts.mean() < 1.5
+        with pytest.raises(ValueError, match="low dose"):
+            fit_columns(low_counts, pos, P, dose=low, crlb=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a 10 e⁻/Å² fit may not converge; only the units matter here
+            fit_columns(low_counts / (low * P * P), pos, P, dose=low, crlb=False)  # normalised: accepted
     with pytest.warns(UserWarning, match="pass dose"):
         fit_columns(counts / (dose * P * P), pos, P, noise="poisson", crlb=False)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the right declarations pass silently
         fit_columns(counts, pos, P, noise="poisson", crlb=False)

@@ -248,7 +248,7 @@ def fit_columns(
                 "noise='poisson' needs non-negative counts, but the image has negative pixels; "
                 "use noise='gaussian' for background-subtracted or restored images"
             )
-    _check_intensity_units(img3, dose, noise)
+    _check_intensity_units(img3, dose, noise, p)
     dev = resolve_device(device)
 
     # Everything below works in pixel units and data units (counts when scale = dose·p²).
@@ -341,22 +341,47 @@ def _collapsed(x: np.ndarray, y: np.ndarray, rho: np.ndarray) -> np.ndarray:
     return out
 
 
-def _check_intensity_units(img3: np.ndarray, dose, noise: str) -> None:
+def _looks_like_counts(img3: np.ndarray, c: float) -> bool:
+    """Whether an image given with ``c = dose·p²`` expected electrons per unit intensity is integer counts.
+
+    A normalised counts image holds k / c. All whole numbers then means k / c integral for every pixel: for
+    c ≤ 1 that happens when 1/c is an integer — but then the values times c are whole numbers too (exempt); for
+    c > 1 it needs every count to be a multiple of c, which no real image is. c = 1 cannot tell, and need not.
+    """
+    if abs(c - 1.0) < 1e-9 or not np.any(img3):
+        return False
+    if not np.array_equal(img3, np.round(img3)):
+        return False
+    if c > 1.0:
+        return True
+    scaled = img3 * c
+    return not np.allclose(scaled, np.round(scaled), rtol=0, atol=1e-6)
+
+
+def _check_intensity_units(img3: np.ndarray, dose, noise: str, pixel_size: float) -> None:
     """Catch an image whose units contradict ``dose`` (docs/conventions.md): every number downstream — the
     Poisson weights, the CRLB — scales with the assumed counts.
 
     With a dose the image is normalised intensity, a fraction of the incident beam, so its mean cannot exceed 1
     (allowed: 1.5, for the bright-field case of mean ≈ 1 and calibration error); a larger mean means detector
-    counts, whose CRLB would come out ~sqrt(dose·p²) times too small. Without a dose, the Poisson criterion takes
+    counts, whose CRLB would come out ~sqrt(dose·p²) times too small; so does an all-integer image at low dose
+    (:func:`_looks_like_counts`). Without a dose, the Poisson criterion takes
     the values as counts: a mean below 1 with fractional values is almost surely normalised intensity (warning).
     """
     mean = float(np.mean(img3))
+    advice = ("Omit dose for a counts image (noise='poisson' then takes the values as counts), or divide the image "
+              "by dose·pixel_size²")
     if dose is not None and mean > 1.5:
         raise ValueError(
             f"with dose the image must be normalised intensity (a fraction of the incident beam: expected counts = "
             f"intensity·dose·pixel_size²), but its mean is {mean:.4g} > 1, more than the whole beam: it looks like "
-            "detector counts. Omit dose for a counts image (noise='poisson' then takes the values as counts), or "
-            "divide the image by dose·pixel_size²"
+            f"detector counts. {advice}"
+        )
+    if dose is not None and _looks_like_counts(img3, dose * pixel_size**2):
+        raise ValueError(
+            f"with dose the image must be normalised intensity (counts / (dose·pixel_size²) = counts / "
+            f"{dose * pixel_size**2:.4g}), but every pixel is a whole number while these quotients are not: it "
+            f"looks like detector counts at low dose. {advice}"
         )
     if dose is None and noise == "poisson" and mean < 1.0 and not np.array_equal(img3, np.round(img3)):
         warnings.warn(
