@@ -72,8 +72,14 @@ def test_foreign_tiff_calibrations(tmp_path, image):
 def test_colour_and_complex_files_are_refused(tmp_path, image):
     rgb = np.stack([image] * 3, axis=-1).astype(np.uint8)  # (H, W, 3): would read as H frames of W x 3 px
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
-    with pytest.raises(ValueError, match="RGB"):
+    with pytest.raises(ValueError, match="colour"):
         load_image(tmp_path / "rgb.tif")
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    with pytest.raises(ValueError, match="colour"):  # would read as a (3, H, W) stack
+        load_image(tmp_path / "planar.tif")
+    np.save(tmp_path / "rgb.npy", rgb)
+    with pytest.raises(ValueError, match="RGB"):
+        load_image(tmp_path / "rgb.npy")
     np.save(tmp_path / "c.npy", image.astype(np.complex64))
     with pytest.raises(ValueError, match="real-valued"):
         load_image(tmp_path / "c.npy")

@@ -382,6 +382,12 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
     import tifffile
 
     with tifffile.TiffFile(path) as tf:
+        first = tf.pages.first
+        if first.samplesperpixel > 1 or first.photometric in (tifffile.PHOTOMETRIC.RGB,
+                                                             tifffile.PHOTOMETRIC.PALETTE):
+            # colour samples (interleaved or planar, which would read as a 3-frame stack) are a picture
+            raise _ReadError(f"{str(path)!r} is a colour TIFF ({first.photometric.name}, {first.samplesperpixel} "
+                             "samples per pixel), not a detector signal; give the single-channel image")
         image = tf.asarray()
         shaped = tf.shaped_metadata
         if shaped and "pixel_size" in shaped[0]:
