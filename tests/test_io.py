@@ -72,11 +72,19 @@ def test_foreign_tiff_calibrations(tmp_path, image):
 def test_colour_and_complex_files_are_refused(tmp_path, image):
     rgb = np.stack([image] * 3, axis=-1).astype(np.uint8)  # (H, W, 3): would read as H frames of W x 3 px
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
-    with pytest.raises(ValueError, match="colour"):
+    with pytest.raises(ValueError, match="samples per pixel"):
         load_image(tmp_path / "rgb.tif")
     tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
-    with pytest.raises(ValueError, match="colour"):  # would read as a (3, H, W) stack
+    with pytest.raises(ValueError, match="samples per pixel"):  # would read as a (3, H, W) stack
         load_image(tmp_path / "planar.tif")
+    # an 8-bit grey-palette TIFF (image tools write these) holds the grey levels: loaded as they are
+    grey = rgb[..., 0]
+    ramp = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (3, 1))
+    tifffile.imwrite(tmp_path / "pal.tif", grey, photometric="palette", colormap=ramp)
+    np.testing.assert_array_equal(load_image(tmp_path / "pal.tif")[0], grey)
+    tifffile.imwrite(tmp_path / "cpal.tif", grey, photometric="palette", colormap=ramp[::-1] * [[1], [0], [1]])
+    with pytest.raises(ValueError, match="colour-palette"):
+        load_image(tmp_path / "cpal.tif")
     np.save(tmp_path / "rgb.npy", rgb)
     with pytest.raises(ValueError, match="RGB"):
         load_image(tmp_path / "rgb.npy")

@@ -37,7 +37,7 @@ def _cmd_fit(args) -> int:
     from stemquant.quant import find_columns, fit_columns, load_positions
 
     out = _out_path(args.out, Path(args.image).with_suffix(".columns.csv"))
-    meta = out.with_suffix(".json")
+    meta = out.with_name(out.name + ".json")  # columns.csv -> columns.csv.json: never a file the user named
     check_outputs(out, meta, args.plot, overwrite=args.overwrite, inputs=(args.image, args.positions))
     image, file_p = load_image(args.image)
     pixel_size = args.pixel_size or file_p

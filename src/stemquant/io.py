@@ -382,12 +382,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
     import tifffile
 
     with tifffile.TiffFile(path) as tf:
-        first = tf.pages.first
-        if first.samplesperpixel > 1 or first.photometric in (tifffile.PHOTOMETRIC.RGB,
-                                                             tifffile.PHOTOMETRIC.PALETTE):
-            # colour samples (interleaved or planar, which would read as a 3-frame stack) are a picture
-            raise _ReadError(f"{str(path)!r} is a colour TIFF ({first.photometric.name}, {first.samplesperpixel} "
-                             "samples per pixel), not a detector signal; give the single-channel image")
+        _check_tiff_signal(tf.pages.first, path)
         image = tf.asarray()
         shaped = tf.shaped_metadata
         if shaped and "pixel_size" in shaped[0]:
@@ -429,6 +424,31 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
                           "pixel size unknown (pass it explicitly)", UserWarning, stacklevel=3)
             return image, None
         return image, p
+
+
+def _check_tiff_signal(page, path: Path) -> None:
+    """Refuse TIFFs whose pixel values are not one signal: colour (RGB and the like, interleaved or planar — a
+    planar one would read as a 3-frame stack), several samples per pixel (e.g. two detectors, grey + alpha),
+    inverted grey (MINISWHITE) and colour palettes. A grey palette whose map is a linear ramp (8-bit "grey"
+    TIFFs from image tools) holds the grey levels as indices: accepted."""
+    import tifffile
+
+    ph = tifffile.PHOTOMETRIC
+    name = getattr(page.photometric, "name", str(page.photometric))
+    if page.samplesperpixel > 1:
+        raise _ReadError(f"{str(path)!r} has {page.samplesperpixel} samples per pixel ({name}: colour, channels or "
+                         "alpha), not one detector signal; save each channel as its own single-channel image")
+    if page.photometric == ph.PALETTE:
+        cmap = np.asarray(page.colormap, dtype=np.float64)
+        ramp = np.linspace(cmap[0, 0], cmap[0, -1], cmap.shape[1])
+        if not (np.array_equal(cmap[0], cmap[1]) and np.array_equal(cmap[0], cmap[2])
+                and np.allclose(cmap[0], ramp, atol=1.0) and cmap[0, -1] > cmap[0, 0]):
+            raise _ReadError(f"{str(path)!r} is a colour-palette TIFF (its values index a colour table), not a "
+                             "detector signal; give the single-channel grey image")
+    elif page.photometric != ph.MINISBLACK and page.tags.get("PhotometricInterpretation") is not None:
+        # (a file without the tag reads as MINISWHITE in tifffile; such writers mean plain grey values)
+        raise _ReadError(f"{str(path)!r} is a {name} TIFF, not a single-channel grey image (MINISBLACK) of the "
+                         "detector signal; convert it without changing the values")
 
 
 def _rational(value) -> float:

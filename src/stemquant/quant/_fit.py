@@ -728,24 +728,27 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         rho = st.rho()
         moved = torch.maximum((st.col[..., M.CX] - (prob.geom.j0 + prob.geom.h)).abs(),
                               (st.col[..., M.CY] - (prob.geom.i0 + prob.geom.h)).abs())
-        # Widths that outgrow the padded margin (sized for 3x the start): a poor start (strongly overlapping
-        # columns defeat the start estimate) — re-pad the stack for twice the current width and go on, up to
-        # _MAX_WIDTH_GROWTH x the start. A frame growing further stops there, reported not converged (a spurious
-        # column widening into the background); the other frames go on.
-        grown = rho.amax(1) * truncation > pad
+        # Widths that outgrow the padded margin (sized for 3x the start). If the frame's typical width grew with
+        # its largest, the start was poor (strongly overlapping columns defeat the estimate): re-pad the stack and
+        # go on, up to _MAX_WIDTH_GROWTH x the start. A frame where one width ran away from the others (a start
+        # with no column under it widening into the background) stops, as does any growth past that cap: reported
+        # not converged, the other frames go on. (Windows are shared by all columns: letting one runaway column
+        # widen them would cost every column, ~64x the window area at the cap.)
+        widest = rho.amax(1)
+        grown = widest * truncation > pad
+        runaway = ~done & ((widest > _MAX_WIDTH_GROWTH * rho0) | (grown & (widest > 2 * rho.median(1).values)))
         repad = False
-        if bool((grown & ~done).any()):
-            too_wide = grown & ~done & (rho.amax(1) > _MAX_WIDTH_GROWTH * rho0)
-            failed |= too_wide
-            done |= too_wide
+        if bool(runaway.any()):
+            failed |= runaway
+            done |= runaway
             if bool(done.all()):
                 break
-            live_rho = rho[~done]
-            if bool((live_rho.amax(1) * truncation > pad).any()):
-                pad = _half_size(2 * float(live_rho.max()), truncation) + 2
-                dpad, mask = M.pad_stack(data, pad)
-                prob = _Problem(dpad.reshape(-1), prob.geom, mask, types, width_mode, noise, col_free, glob_free)
-                blocks, repad = None, True
+        if bool((grown & ~done).any()):
+            cap = _MAX_WIDTH_GROWTH * float(rho0.max())
+            pad = _half_size(min(2 * float(rho[~done].max()), cap), truncation) + 2
+            dpad, mask = M.pad_stack(data, pad)
+            prob = _Problem(dpad.reshape(-1), prob.geom, mask, types, width_mode, noise, col_free, glob_free)
+            blocks, repad = None, True
         live = ~failed
         need_h = min(_half_size(rho[live].max(), truncation), pad) if bool(live.any()) else prob.geom.h
         if repad or bool((moved > 1.0).any()) or need_h > prob.geom.h:
