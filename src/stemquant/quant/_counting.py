@@ -384,8 +384,8 @@ def count_library(scs, library_scs) -> np.ndarray:
     counts : ndarray of int, shape (N,)
         Atom counts in 0..K. A median SCS above 3x the last library value or below a tenth of the first raises
         ValueError (a scale mismatch: every count would be clamped to K or 0); a median below a quarter of the
-        first value warns (most columns empty). Decision boundaries are the midpoints between consecutive library values, with
-        SCS(0 atoms) = 0: below ``library_scs[0] / 2`` -> 0 atoms; in [(L[k-1]+L[k])/2, (L[k]+L[k+1])/2)
+        first value warns (most columns empty). Decision boundaries are the midpoints between consecutive library
+        values, with SCS(0 atoms) = 0: below ``library_scs[0] / 2`` -> 0 atoms; in [(L[k-1]+L[k])/2, (L[k]+L[k+1])/2)
         -> k+1 atoms; a value exactly on a boundary gets the larger count. Values above the last library value
         get K (a warning is issued beyond the last half-step: extend the library).
 
