@@ -436,8 +436,10 @@ def _check_tiff_signal(page, path: Path) -> None:
     ph = tifffile.PHOTOMETRIC
     name = getattr(page.photometric, "name", str(page.photometric))
     if page.samplesperpixel > 1:
+        stack = (" (tifffile writes a 3- or 4-frame stack as planar RGB unless given photometric='minisblack': "
+                 "rewrite it so)") if page.samplesperpixel in (3, 4) and page.planarconfig == 2 else ""
         raise _ReadError(f"{str(path)!r} has {page.samplesperpixel} samples per pixel ({name}: colour, channels or "
-                         "alpha), not one detector signal; save each channel as its own single-channel image")
+                         f"alpha), not one detector signal; save each channel as its own single-channel image{stack}")
     if page.photometric == ph.PALETTE:
         cmap = np.asarray(page.colormap, dtype=np.float64)
         ramp = np.linspace(cmap[0, 0], cmap[0, -1], cmap.shape[1])

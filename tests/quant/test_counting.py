@@ -155,12 +155,17 @@ def test_count_library_refuses_a_scale_mismatch():
     lib = np.array([0.02, 0.041, 0.06, 0.082])
     with pytest.raises(ValueError, match="different scales"):
         count_library(lib[[0, 1, 2, 3, 1]] * 5e3 * 0.01, lib)  # × dose·p²
-    for few in ([0, 1, 2, 3, 1], [2], [0, 3]):  # however many columns
+    for few in ([0, 1, 2, 3, 1], [2, 0, 1]):
         with pytest.raises(ValueError, match="different scales"):
             count_library(lib[few], lib * 50.0)
+    # sparse occupation is a sample, not a mismatch: 3 dopant atoms among 10 sites, 12 columns + 20 vacuum sites
+    assert count_library(np.r_[lib[[0, 0, 0]], np.full(7, 0.001)], lib).sum() == 3
+    with pytest.warns(UserWarning, match="empty sites"):
+        assert count_library(np.r_[lib[np.arange(12) % 4], np.full(20, 0.001)], lib).sum() == 30
     # legitimate: one column, a sample somewhat thicker than the library (warned), a few empty sites (warned when
     # they are the majority)
     assert count_library([0.06], lib).tolist() == [3]
+    assert count_library([0.001], lib).tolist() == [0]  # one empty site
     with pytest.warns(UserWarning, match="extend the library"):
         assert count_library(lib[[3, 3, 3]] * 1.5, lib).tolist() == [4, 4, 4]
     assert count_library([0.003, 0.04, 0.08], lib).tolist() == [0, 2, 4]

@@ -382,12 +382,13 @@ def count_library(scs, library_scs) -> np.ndarray:
     Returns
     -------
     counts : ndarray of int, shape (N,)
-        Atom counts in 0..K. A median SCS above 3x the last library value or below a tenth of the first raises
-        ValueError (a scale mismatch: every count would be clamped to K or 0); a median below a quarter of the
-        first value warns (most columns empty). Decision boundaries are the midpoints between consecutive library
-        values, with SCS(0 atoms) = 0: below ``library_scs[0] / 2`` -> 0 atoms; in [(L[k-1]+L[k])/2, (L[k]+L[k+1])/2)
-        -> k+1 atoms; a value exactly on a boundary gets the larger count. Values above the last library value
-        get K (a warning is issued beyond the last half-step: extend the library).
+        Atom counts in 0..K. A median SCS above 3x the last library value, or (3 or more columns) no SCS
+        reaching half the first, raises ValueError (a scale mismatch: every count would be clamped to K or 0);
+        a median below a quarter of the first value warns (most columns empty). Decision boundaries are the
+        midpoints between consecutive library values, with SCS(0 atoms) = 0: below ``library_scs[0] / 2`` -> 0
+        atoms; in [(L[k-1]+L[k])/2, (L[k]+L[k+1])/2) -> k+1 atoms; a value exactly on a boundary gets the larger
+        count. Values above the last library value get K (a warning is issued beyond the last half-step: extend
+        the library).
 
     Examples
     --------
@@ -406,11 +407,11 @@ def count_library(scs, library_scs) -> np.ndarray:
         # most columns thicker than 3x the thickest library column: every count would be clamped to K
         raise ValueError(f"the median SCS ({med:.4g}) is more than 3x the library's largest value ({lib[-1]:.4g}, "
                          f"{len(lib)} atoms): {scales}")
-    if med < lib[0] / 10.0:
-        # most columns below a tenth of one atom: every count would be 0 — a scale mismatch, not a sample
-        raise ValueError(f"the median SCS ({med:.4g}) is below a tenth of the library's 1-atom value ({lib[0]:.4g}): "
-                         f"{scales}. If most positions really are empty sites, count the occupied ones")
-    if med < lib[0] / 4.0:
+    if len(x) >= 3 and float(np.max(x)) < lib[0] / 2.0:
+        # not one column reaches half an atom: every count would be 0 — a scale mismatch, not a sample
+        raise ValueError(f"no SCS reaches half the library's 1-atom value ({lib[0]:.4g}; largest SCS "
+                         f"{float(np.max(x)):.4g}): every count would be 0 — {scales}")
+    if len(x) >= 3 and med < lib[0] / 4.0:
         warnings.warn(f"more than half the columns count 0 atoms (median SCS {med:.4g} < a quarter of the 1-atom "
                       f"value {lib[0]:.4g}): empty sites, or {scales}", UserWarning, stacklevel=2)
     n_out = int(np.sum(x > lib[-1] + step / 2.0))
