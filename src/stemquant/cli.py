@@ -47,13 +47,15 @@ def _cmd_fit(args) -> int:
         print(f"note: --pixel-size {args.pixel_size:g} Å overrides the {file_p:g} Å in {args.image}", file=sys.stderr)
     print(f"image {' x '.join(map(str, image.shape))} px, pixel size {pixel_size:g} Å "
           f"({'--pixel-size' if args.pixel_size else 'from the file'})")
+    types = None
     if args.positions:
         positions = load_positions(args.positions)
+        types = _position_types(args.positions)
     else:
         positions = find_columns(image if image.ndim == 2 else image.mean(0), pixel_size,
                                  min_distance=args.min_distance, threshold=args.threshold, method=args.method)
         print(f"found {len(positions)} columns")
-    fit = fit_columns(image, positions, pixel_size, dose=args.dose, width=args.width, noise=args.noise,
+    fit = fit_columns(image, positions, pixel_size, dose=args.dose, width=args.width, noise=args.noise, types=types,
                       device=args.device, workers=args.workers, progress=True if image.ndim == 3 else None)
     write_csv_atomic(fit.table, out, overwrite=args.overwrite)
     _write_fit_metadata(meta, args, fit, pixel_size_source="--pixel-size" if args.pixel_size else "file")
@@ -66,6 +68,20 @@ def _cmd_fit(args) -> int:
         save_figure(fig, args.plot, overwrite=args.overwrite)
         print(f"plot -> {args.plot}")
     return 0
+
+
+def _position_types(path) -> np.ndarray | None:
+    """The optional ``type`` column of a positions CSV (integer column types: one width per type), else None."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    cols = {c.strip().lower(): c for c in df.columns}
+    if "type" not in cols:
+        return None
+    t = pd.to_numeric(df[cols["type"]], errors="coerce").to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(t)) or np.any(t < 0) or np.any(t != np.round(t)):
+        raise ValueError(f"the 'type' column of {path} must hold non-negative integers (column types)")
+    return t.astype(np.int64)
 
 
 def _write_fit_metadata(path: Path, args, fit, *, pixel_size_source: str) -> None:
@@ -87,6 +103,7 @@ def _write_fit_metadata(path: Path, args, fit, *, pixel_size_source: str) -> Non
         "dose_e_per_A2": fit.dose,
         "noise": fit.noise,
         "width": fit.width_mode,
+        "types": sorted({int(v) for v in fit.table["type"]}),
         "frames": int(np.size(fit.n_iter)),
         "iterations": np.atleast_1d(fit.n_iter).tolist(),
         "units": {  # per CSV column; the *_crlb columns are standard deviations (square roots of the bounds)
@@ -307,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dose [e⁻/Å²] of a normalised image (fraction of the beam); omit for a counts image (a dose "
                         "with counts is refused)")
     g = f.add_mutually_exclusive_group()
-    g.add_argument("--positions", help="CSV with x, y [Å] starting positions")
+    g.add_argument("--positions", help="CSV with x, y [Å] starting positions, and optionally 'type' (integer "
+                   "column type: with --width common, one width per type)")
     g.add_argument("--find", action="store_true", help="find columns automatically (default)")
     f.add_argument("--method", default="maxima", choices=["maxima", "anscombe"], help="peak finder")
     f.add_argument("--min-distance", type=_positive_float, default=1.0, help="peak finder distance [Å]")

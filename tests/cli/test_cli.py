@@ -128,6 +128,29 @@ def test_fit_reports_the_pixel_size_it_used(tmp_path, rng, capsys):
     assert "overrides the 0.2 Å" in captured.err and "pixel size 0.25 Å (--pixel-size)" in captured.out
 
 
+def test_fit_reads_column_types_from_the_positions_csv(tmp_path, capsys):
+    # a 'type' column in the positions CSV gives each type its own width (StatSTEM's column types)
+    g = 2.0 + 2.0 * np.arange(4)
+    X, Y = np.meshgrid(g, g)
+    pos = np.c_[X.ravel(), Y.ravel()]
+    t = np.arange(len(pos)) % 2
+    rho = np.where(t == 0, 0.4, 0.55)
+    yy, xx = (np.mgrid[0:50, 0:50] + 0.5) * 0.2
+    img = 0.05 + sum(np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * r**2)) for (x, y), r in zip(pos, rho, strict=True))
+    np.save(tmp_path / "img.npy", img)
+    pd.DataFrame({"x": pos[:, 0], "y": pos[:, 1], "type": t}).to_csv(tmp_path / "pos.csv", index=False)
+    out = tmp_path / "fit.csv"
+    assert main(["fit", str(tmp_path / "img.npy"), "--pixel-size", "0.2", "--positions", str(tmp_path / "pos.csv"),
+                 "--out", str(out)]) == 0
+    fit = pd.read_csv(out)
+    np.testing.assert_allclose(fit["width"], rho, rtol=1e-3)
+    assert list(fit["type"]) == list(t)
+    pd.DataFrame({"x": pos[:, 0], "y": pos[:, 1], "type": t + 0.5}).to_csv(tmp_path / "bad.csv", index=False)
+    assert main(["fit", str(tmp_path / "img.npy"), "--pixel-size", "0.2", "--positions", str(tmp_path / "bad.csv"),
+                 "--out", str(tmp_path / "bad_fit.csv")]) == 2
+    assert "non-negative integers" in capsys.readouterr().err
+
+
 def test_count_library_plot(tmp_path, rng):
     from stemquant.simulate import load_scs_library
 
