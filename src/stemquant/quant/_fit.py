@@ -650,6 +650,9 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     # per frame: take Newton steps now / still allowed to
     newton = torch.zeros(B, dtype=torch.bool, device=dev)
     newton_ok = torch.full((B,), _NEWTON, dtype=torch.bool, device=dev)
+    type_onehot = torch.nn.functional.one_hot(types, n_types).to(dt)  # (N, T)
+    thin_growth = torch.zeros(B, dtype=torch.long, device=dev)  # iterations in a row with few outgrown widths
+    over_cap = torch.zeros(B, dtype=torch.long, device=dev)  # iterations in a row with a width past the cap
     for it in range(max_iter):
         # The preconditioner blocks settle after the first step (re-centred windows only change their truncated
         # tails): reuse them, and refresh when the last solve needed more CG iterations than usual or every 5th
@@ -736,9 +739,19 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # other frames go on. (Windows are shared by all columns: letting one runaway column widen them would cost
         # every column, ~64x the window area at the cap.)
         widest = rho.amax(1)
-        outgrown = (rho * truncation > pad).sum(1)
+        out = (rho * truncation > pad).to(dt)
+        outgrown = out.sum(1)
         grown = outgrown > 0
-        runaway = ~done & ((widest > _MAX_WIDTH_GROWTH * rho0) | (grown & (outgrown < 0.1 * rho.shape[1])))
+        # systematic: >= 10 % of the columns, or half the columns of one type (a minority type of wide columns)
+        per_type = out @ type_onehot / type_onehot.sum(0)
+        systematic = (outgrown >= 0.1 * rho.shape[1]) | (per_type.amax(1) >= 0.5)
+        # a few outgrown columns may be the first of a wider kind: the frame waits _RUNAWAY_PATIENCE iterations
+        # (those columns truncated at the margin meanwhile) before calling them runaways
+        # (and a single overshooting step past the cap is forgiven the same way: the margin never grows past
+        # the cap, so neither does the cost)
+        thin_growth = torch.where(grown & ~systematic, thin_growth + 1, torch.zeros_like(thin_growth))
+        over_cap = torch.where(widest > _MAX_WIDTH_GROWTH * rho0, over_cap + 1, torch.zeros_like(over_cap))
+        runaway = ~done & ((over_cap >= _RUNAWAY_PATIENCE) | (thin_growth >= _RUNAWAY_PATIENCE))
         repad = False
         if bool(runaway.any()):
             failed |= runaway
@@ -793,6 +806,9 @@ _CG_DECREASE_TOL = 0.25
 
 # A fit whose widths grow past this multiple of their start stops (not converged): a runaway, not a poor start.
 _MAX_WIDTH_GROWTH = 8.0
+# Iterations in a row with only a few widths (< 10 % of the columns, < half of every type) past the padded margin
+# before the frame is stopped as a runaway.
+_RUNAWAY_PATIENCE = 3
 
 
 def _half_size(rho_max, truncation: float) -> int:
@@ -1068,9 +1084,10 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
                 if _least_squares_at_low_counts(img3, scale, noise, dose) else "")
         too_wide = st["too_wide"].cpu().numpy()
         if too_wide.any():  # the start width was far too small (strongly overlapping columns defeat the estimate)
-            hint += (f" In {int(too_wide.sum())} frame(s) a width grew past {_MAX_WIDTH_GROWTH:g}x its start value "
-                     "and the fit stopped: a start position with no column under it (remove it), or a start width "
-                     "far too small (give width_init [Å] near the expected column width).")
+            hint += (f" In {int(too_wide.sum())} frame(s) widths ran away (past {_MAX_WIDTH_GROWTH:g}x the start "
+                     "value, or a few columns far wider than all others) and the fit stopped: a start position with "
+                     "no column under it (remove it), a start width far too small (give width_init [Å] near the "
+                     "expected column width), or a few columns of a much wider kind (give them their own type).")
         moved = f", {int(outside.sum())} of them moved outside the image" if outside.any() else ""
         if collapsed.any():
             moved += (f", {int(collapsed.sum())} of them collapsed onto a neighbour (centres closer than their "
