@@ -977,14 +977,7 @@ def _own_width_coupling(prob, cb, C, Gm0):
     J_nᵀW ∂f_n/∂ρ_n — the same approximation as the blocks, a positive semi-definite arrow matrix. Elsewhere the
     exact coupling is kept: it is the better preconditioner (~8 % faster fits of separated lattices).
     """
-    fc, fg = prob.col_free, prob.glob_free
-    eye = torch.eye(4, dtype=cb.dtype, device=cb.device)
-    Pc = cb * (fc[:, None] * fc[None, :]) + eye * (1 - fc)
-    Pc = Pc + torch.diag_embed(1e-12 * torch.diagonal(Pc, dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
-                               .expand(*Pc.shape[:-1]) + 1e-300)
-    Cf = C * fg[:, None] * fc
-    S = Gm0 * (fg[:, None] * fg[None, :]) - (Cf @ torch.linalg.solve(Pc, Cf.transpose(-1, -2))).sum(1)
-    S = S + torch.diag_embed(1.0 - fg).expand_as(S)
+    S = _arrow_schur(cb, C, Gm0, prob.col_free, prob.glob_free, None, None)[3]  # the Gauss–Newton one (λ = 0)
     bad = torch.linalg.cholesky_ex(S)[1] != 0
     if not bool(bad.any()):
         return C, Gm0
@@ -1009,24 +1002,35 @@ def _newton_blocks(prob, blocks, curv):
     return cb, C, Gm0
 
 
-def _preconditioner(cb, C, Gm0, lam, fc, fg, lo, dsrc=None):
-    """Factorised block preconditioner of JᵀWJ + λ·D in dtype ``lo``: per-column block inverses, the Schur
-    complement of the global parameters, and the Marquardt diagonals D (columns, globals), taken from the blocks
-    ``dsrc`` = (cb, Gm0) when given."""
+def _arrow_schur(cb, C, Gm0, fc, fg, dcol, dglob):
+    """Per-column block inverses, free couplings, K = Pc⁻¹Cᵀ and the Schur complement S of the global parameters
+    of the arrow matrix [[blocks + diag(dcol), Cᵀ], [C, Gm0 + diag(dglob)]] (fixed parameters as identity rows).
+    Shapes: cb (B, N, 4, 4), C (B, N, G, 4), Gm0 (B, G, G), dcol (B, N, 4) and dglob (B, G), or None for none."""
     B, G = Gm0.shape[0], Gm0.shape[1]
-    dcb, dGm = (cb, Gm0) if dsrc is None else dsrc
-    Dcol = torch.diagonal(dcb, dim1=-2, dim2=-1) * fc
-    Dglob = torch.diagonal(dGm, dim1=-2, dim2=-1) * fg
     eye = torch.eye(4, dtype=cb.dtype, device=cb.device)
     Pc = cb * (fc[:, None] * fc[None, :]) + eye * (1 - fc)
-    Pc = Pc + torch.diag_embed(lam[:, None, None] * Dcol)
+    if dcol is not None:
+        Pc = Pc + torch.diag_embed(dcol)
     # a tiny ridge keeps blocks of columns with vanishing height invertible (it does not change regular ones)
     ridge = 1e-12 * torch.diagonal(Pc, dim1=-2, dim2=-1).abs().amax(-1, keepdim=True) + 1e-300
     Pc_inv = torch.linalg.inv(Pc + torch.diag_embed(ridge.expand(*Pc.shape[:-1])))
     C = C * fg[:, None] * fc
-    Gm = Gm0 * (fg[:, None] * fg[None, :]) + torch.diag_embed(lam[:, None] * Dglob)
+    Gm = Gm0 * (fg[:, None] * fg[None, :])
+    if dglob is not None:
+        Gm = Gm + torch.diag_embed(dglob)
     K = Pc_inv @ C.transpose(-1, -2)  # (B, N, 4, G)
     S = Gm - (C @ K).sum(1) + torch.diag_embed(1.0 - fg).expand(B, G, G)
+    return Pc_inv, C, K, S
+
+
+def _preconditioner(cb, C, Gm0, lam, fc, fg, lo, dsrc=None):
+    """Factorised block preconditioner of JᵀWJ + λ·D in dtype ``lo``: per-column block inverses, the Schur
+    complement of the global parameters, and the Marquardt diagonals D (columns, globals), taken from the blocks
+    ``dsrc`` = (cb, Gm0) when given."""
+    dcb, dGm = (cb, Gm0) if dsrc is None else dsrc
+    Dcol = torch.diagonal(dcb, dim1=-2, dim2=-1) * fc
+    Dglob = torch.diagonal(dGm, dim1=-2, dim2=-1) * fg
+    Pc_inv, C, K, S = _arrow_schur(cb, C, Gm0, fc, fg, lam[:, None, None] * Dcol, lam[:, None] * Dglob)
     S_inv = torch.linalg.inv(S + torch.diag_embed(1e-12 * torch.diagonal(S, dim1=-2, dim2=-1).abs() + 1e-300))
     return tuple(t.to(lo) for t in (Pc_inv, C, K, S_inv, Dcol, Dglob))
 
