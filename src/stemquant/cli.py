@@ -47,10 +47,9 @@ def _cmd_fit(args) -> int:
         print(f"note: --pixel-size {args.pixel_size:g} Å overrides the {file_p:g} Å in {args.image}", file=sys.stderr)
     print(f"image {' x '.join(map(str, image.shape))} px, pixel size {pixel_size:g} Å "
           f"({'--pixel-size' if args.pixel_size else 'from the file'})")
-    types = None
+    types = None  # found columns are of one type
     if args.positions:
-        positions = load_positions(args.positions)
-        types = _position_types(args.positions)
+        positions, types = load_positions(args.positions, with_types=True)
     else:
         positions = find_columns(image if image.ndim == 2 else image.mean(0), pixel_size,
                                  min_distance=args.min_distance, threshold=args.threshold, method=args.method)
@@ -68,20 +67,6 @@ def _cmd_fit(args) -> int:
         save_figure(fig, args.plot, overwrite=args.overwrite)
         print(f"plot -> {args.plot}")
     return 0
-
-
-def _position_types(path) -> np.ndarray | None:
-    """The optional ``type`` column of a positions CSV (integer column types: one width per type), else None."""
-    import pandas as pd
-
-    df = pd.read_csv(path)
-    cols = {c.strip().lower(): c for c in df.columns}
-    if "type" not in cols:
-        return None
-    t = pd.to_numeric(df[cols["type"]], errors="coerce").to_numpy(dtype=np.float64)
-    if not np.all(np.isfinite(t)) or np.any(t < 0) or np.any(t != np.round(t)):
-        raise ValueError(f"the 'type' column of {path} must hold non-negative integers (column types)")
-    return t.astype(np.int64)
 
 
 def _write_fit_metadata(path: Path, args, fit, *, pixel_size_source: str) -> None:

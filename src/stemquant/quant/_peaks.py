@@ -267,13 +267,18 @@ def remove_columns(positions, near, *, radius: float = 0.5) -> np.ndarray:
     return pos[dist > radius]
 
 
-def load_positions(path) -> np.ndarray:
+def load_positions(path, *, with_types: bool = False):
     """Read column positions from a CSV with columns ``x`` and ``y`` [Å] (other columns are ignored).
+
+    With ``with_types=True`` also the optional ``type`` column (non-negative integer column types, the
+    ``types`` of :func:`stemquant.quant.fit_columns`; None when the CSV has none).
 
     Returns
     -------
     positions : ndarray, shape (N, 2)
         (x, y) [Å].
+    types : ndarray of int, shape (N,), or None
+        Only with ``with_types=True``.
     """
     try:
         df = pd.read_csv(path)
@@ -290,7 +295,15 @@ def load_positions(path) -> np.ndarray:
         xy = df[[cols["x"], cols["y"]]].to_numpy(dtype=np.float64)
     except ValueError as exc:
         raise ValueError(f"positions CSV {str(path)!r}: x/y are not numeric ({exc})") from exc
-    return _as_positions(xy, f"positions in {path}")
+    positions = _as_positions(xy, f"positions in {path}")
+    if not with_types:
+        return positions
+    if "type" not in cols:
+        return positions, None
+    t = pd.to_numeric(df[cols["type"]], errors="coerce").to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(t)) or np.any(t < 0) or np.any(t != np.round(t)):
+        raise ValueError(f"the 'type' column of {path} must hold non-negative integers (column types)")
+    return positions, t.astype(np.int64)
 
 
 def save_positions(path, positions, *, overwrite: bool = False):
