@@ -475,6 +475,11 @@ def load_library_csv(path) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------- plot
+def _hist_bins(n: int) -> int:
+    """Histogram bins of the SCS plots: 2·√n, between 10 and 200."""
+    return max(10, min(200, int(np.sqrt(n) * 2)))
+
+
 def plot_counting(result: GMMCountResult, scs=None, ax=None):
     """SCS histogram with the selected mixture, and the ICL curve in a second axes.
 
@@ -505,7 +510,7 @@ def plot_counting(result: GMMCountResult, scs=None, ax=None):
         except (TypeError, ValueError):
             raise ValueError("ax must be a pair (histogram axes, ICL axes)") from None
         fig = ax_hist.figure
-    bins = max(10, min(200, int(np.sqrt(len(x)) * 2)))
+    bins = _hist_bins(len(x))
     ax_hist.hist(x, bins=bins, density=True, color="0.75", label="SCS")
     pad = 3.0 * float(np.max(result.sd))
     grid = np.linspace(min(x.min(), result.means.min()) - pad, max(x.max(), result.means.max()) + pad, 800)
@@ -553,7 +558,7 @@ def plot_library_counting(scs, library_scs, ax=None):
         ax = fig.subplots()
     else:
         fig = ax.figure
-    bins = max(10, min(200, int(np.sqrt(len(x)) * 2)))
+    bins = _hist_bins(len(x))
     ax.hist(x, bins=bins, color="0.75", label="SCS")
     lo, hi = x.min(), x.max()
     shown = np.flatnonzero((lib >= lo - (hi - lo) * 0.05) & (lib <= hi + (hi - lo) * 0.05))

@@ -739,13 +739,13 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         rho = st.rho()
         moved = torch.maximum((st.col[..., M.CX] - (prob.geom.j0 + prob.geom.h)).abs(),
                               (st.col[..., M.CY] - (prob.geom.i0 + prob.geom.h)).abs())
-        # Widths that outgrow the padded margin (sized for 3x the start). If many columns outgrew it (>= 10 %: a
-        # whole column type, or all columns), the start was poor — strongly overlapping columns or types of very
-        # different widths defeat the single start estimate: re-pad the stack and go on, up to
-        # _MAX_WIDTH_GROWTH x the start. A frame where only a few widths ran away (a start with no column under it
-        # widening into the background) stops, as does any growth past that cap: reported not converged, the
-        # other frames go on. (Windows are shared by all columns: letting one runaway column widen them would cost
-        # every column, ~64x the window area at the cap.)
+        # Widths that outgrow the padded margin (sized for 3x the start): the stack is re-padded for them (twice
+        # the widest, never past _MAX_WIDTH_GROWTH x the start) and the fit goes on. If many columns outgrew it
+        # (>= 10 %, or half of one column type), the start was poor — strongly overlapping columns or types of very
+        # different widths defeat the single start estimate. A frame where only a few widths stay outgrown (a
+        # start with no column under it widening into the background), or a width stays past the cap, stops:
+        # reported not converged, the other frames go on. (Windows are shared by all columns: a runaway column
+        # widens every window up to the cap, ~64x the area, hence the stop.)
         widest = rho.amax(1)
         out = (rho * truncation > pad).to(dt)
         outgrown = out.sum(1)
@@ -754,9 +754,8 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         per_type = out @ type_onehot / type_onehot.sum(0)
         systematic = (outgrown >= 0.1 * rho.shape[1]) | (per_type.amax(1) >= 0.5)
         # a few outgrown columns may be the first of a wider kind: the frame waits _RUNAWAY_PATIENCE iterations
-        # (those columns truncated at the margin meanwhile) before calling them runaways
-        # (and a single overshooting step past the cap is forgiven the same way: the margin never grows past
-        # the cap, so neither does the cost)
+        # before calling them runaways (and forgives a single overshooting step past the cap the same way: the
+        # margin never grows past the cap, so neither does the cost)
         thin_growth = torch.where(grown & ~systematic, thin_growth + 1, torch.zeros_like(thin_growth))
         over_cap = torch.where(widest > _MAX_WIDTH_GROWTH * rho0, over_cap + 1, torch.zeros_like(over_cap))
         runaway = ~done & ((over_cap >= _RUNAWAY_PATIENCE) | (thin_growth >= _RUNAWAY_PATIENCE))
