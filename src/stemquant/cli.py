@@ -95,6 +95,7 @@ def _write_fit_metadata(path: Path, args, fit, *, pixel_size_source: str) -> Non
             "x": "Å from the image's left edge", "y": "Å from the image's top edge", "width": "Å",
             "height": intensity, "background": intensity, "scs": scs_unit,
             "x_crlb": "Å", "y_crlb": "Å", "scs_crlb": scs_unit,
+            "empty_site": "bool: height below 2 standard errors, position and width held at the start",
         },
     }
     with atomic_write(path, overwrite=args.overwrite) as tmp:
@@ -126,7 +127,10 @@ def _cmd_count(args) -> int:
     if "converged" in table.columns and not args.include_unconverged:
         bad = ~table["converged"].astype(bool)
         if bad.any():
-            print(f"leaving out {int(bad.sum())} columns whose fit did not converge (--include-unconverged keeps them)")
+            n_empty = int(table.loc[bad, "empty_site"].astype(bool).sum()) if "empty_site" in table.columns else 0
+            empty = f", {n_empty} of them empty sites (SCS ≈ 0)" if n_empty else ""
+            print(f"leaving out {int(bad.sum())} columns whose fit did not converge{empty} "
+                  "(--include-unconverged keeps them)")
             table = table[~bad].reset_index(drop=True)
     scs = table["scs"].to_numpy(dtype=float)
     if args.method == "gmm":

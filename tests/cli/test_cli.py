@@ -60,6 +60,27 @@ def test_fit_then_count(tmp_path, rng):
     assert main(["count", str(out), "--max-components", "3", "--out", str(counts)]) == 2
 
 
+def test_fit_with_a_vacancy_start_then_count(tmp_path, rng, capsys):
+    # a start with no column under it is an empty site: flagged in the CSV, its unit in the JSON sidecar, and
+    # `count` says it leaves it out
+    img = tmp_path / "img.npy"
+    pos, dose = _lattice_npy(img, rng)
+    starts = tmp_path / "starts.csv"
+    pd.DataFrame({"x": np.r_[pos[:, 0], 1.0], "y": np.r_[pos[:, 1], 9.0]}).to_csv(starts, index=False)
+    out = tmp_path / "cols.csv"
+    with pytest.warns(UserWarning, match="1 of them empty sites"):
+        assert main(["fit", str(img), "--pixel-size", "0.2", "--dose", str(dose), "--positions", str(starts),
+                     "--width", "individual", "--out", str(out)]) == 0
+    t = pd.read_csv(out)
+    assert t["empty_site"].tolist() == [False] * len(pos) + [True] and t["converged"].sum() == len(pos)
+    import json
+
+    assert "empty_site" in json.loads((tmp_path / "cols.csv.json").read_text())["units"]
+    capsys.readouterr()
+    assert main(["count", str(out), "--max-components", "3", "--out", str(tmp_path / "c.csv")]) == 0
+    assert "leaving out 1 columns whose fit did not converge, 1 of them empty sites" in capsys.readouterr().out
+
+
 def _one_column(tmp_path):
     path = tmp_path / "one.csv"
     pd.DataFrame({"x": [3.0], "y": [3.0]}).to_csv(path, index=False)

@@ -64,7 +64,8 @@ class FitResult:
         One row per column (frame-major for a stack) with ``frame``, ``column``, ``type``, ``x``, ``y`` [Å],
         ``width`` ρ [Å], ``height`` η and ``background`` ζ [image intensity units], ``scs`` = 2πηρ²
         [intensity·Å²], ``x_crlb``, ``y_crlb`` [Å] and ``scs_crlb`` [intensity·Å²] (standard deviations, i.e.
-        square roots of the Cramér–Rao lower bounds; NaN when ``crlb=False``), ``converged`` (bool).
+        square roots of the Cramér–Rao lower bounds; NaN when ``crlb=False``), ``converged`` (bool), ``empty_site``
+        (bool: an empty site, see ``converged``).
     positions : ndarray, shape ([B,] N, 2)
         Fitted (x, y) [Å].
     widths, heights, scs : ndarray, shape ([B,] N)
@@ -72,8 +73,10 @@ class FitResult:
     converged : ndarray of bool, shape ([B,] N)
         The frame's optimiser converged, the column's centre lies inside the image (a column fitted outside
         it describes a tail of noise, not a column) and no other column's centre lies closer than the larger of
-        their widths (two Gaussians sharing one column split its SCS). ``fit_columns`` warns when any column is
-        not converged.
+        their widths (two Gaussians sharing one column split its SCS), and it is not an empty site — a column
+        whose height fell below 2 standard errors (a vacancy or spurious start: its position and width are not
+        determined by the data, so they are held at the start and only its height is fitted, ≈ 0).
+        ``fit_columns`` warns when any column is not converged.
     n_iter : ndarray of int, shape ([B])
         Levenberg–Marquardt iterations used per frame.
     objective : ndarray, shape ([B])
@@ -660,6 +663,8 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     newton_ok = torch.full((B,), _NEWTON, dtype=torch.bool, device=dev)
     type_onehot = torch.nn.functional.one_hot(types, n_types).to(dt)  # (N, T)
     thin_growth = torch.zeros(B, dtype=torch.long, device=dev)  # iterations in a row with few outgrown widths
+    empty = torch.zeros(B, N, dtype=torch.bool, device=dev)  # empty sites: shape held at the start, height free
+    released = torch.zeros(B, N, dtype=torch.bool, device=dev)  # empty sites released once (never again)
     over_cap = torch.zeros(B, dtype=torch.long, device=dev)  # iterations in a row with a width past the cap
     for it in range(max_iter):
         # The preconditioner blocks settle after the first step (re-centred windows only change their truncated
@@ -669,6 +674,22 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         step_c, step_g, pred, blocks, share, n_cg, took_newton = _solve_step(
             prob, st, prof, f, lam, cg_iter=30, cg_tol=1e-2, blocks=None if refresh else blocks, newton=newton)
         newton_ok &= took_newton | ~newton
+        # Empty sites (vacancies, spurious starts): see _empty_sites. Their shape goes back to the start and stays
+        # fixed, their height stays free; the solve is redone with the new free parameters.
+        new_empty, release = _empty_sites(st, blocks["cb"], obj / npix, noise, types, n_types, empty, released, done)
+        if bool(new_empty.any() | release.any()):
+            empty = (empty | new_empty) & ~release
+            released |= release
+            st.col = _reset_empty(st.col, new_empty, c0, rho0, noise)
+            free = col_free.expand(B, N, 4).clone()
+            free[empty] = torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=dt, device=dev)
+            prob = _Problem(prob.data, M.make_geometry(st.col[..., M.CX], st.col[..., M.CY], prob.geom.h, (H, W),
+                                                       pad), mask, types, width_mode, noise, free, glob_free)
+            prof, f = prob.model(st)
+            obj = prob.objective(f)
+            blocks, newton = None, torch.zeros_like(newton)
+            n_iter += (~done).long()
+            continue
         # A frame whose nearly undamped step moves every column by < 1e-2 of its statistical uncertainty (the
         # stopping test below, applied before the step) takes it unchecked and stops: evaluating so small a step
         # would only cost a render. Its criterion is then the predicted one (exact to third order in the step).
@@ -769,7 +790,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
             cap = _MAX_WIDTH_GROWTH * float(rho0.max())
             pad = _half_size(min(2 * float(rho[~done].max()), cap), truncation) + 2
             dpad, mask = M.pad_stack(data, pad)
-            prob = _Problem(dpad.reshape(-1), prob.geom, mask, types, width_mode, noise, col_free, glob_free)
+            prob = _Problem(dpad.reshape(-1), prob.geom, mask, types, width_mode, noise, prob.col_free, glob_free)
             blocks, repad = None, True
         live = ~failed
         need_h = min(_half_size(rho[live].max(), truncation), pad) if bool(live.any()) else prob.geom.h
@@ -787,6 +808,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         & (rho * truncation <= prob.geom.h + 0.5)
         & (rho > 0.2)
         & (moved < 4 * rho0[:, None])
+        & ~empty
     )
     resid = ((prob.data - f) * mask.reshape(-1)).view(B, -1)
     dof = max(1, H * W - int(4 * N + 2))
@@ -800,7 +822,44 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         "sigma2": sigma2,
         "h": torch.full((B,), prob.geom.h, device=dev),
         "too_wide": failed,
+        "empty": empty,
     }
+
+
+def _empty_sites(st, cb, half_msr, noise, types, n_types, empty, released, done):
+    """Columns to hold as empty sites now, and empty sites to release, each (B, N) bool.
+
+    A column whose height is not significant — η below _Z_EMPTY standard errors (from the Fisher information of
+    η alone, ``cb[..., η, η]``, in the noise variance of the criterion: 1 for Poisson, the mean squared residual
+    2·``half_msr`` for least squares) and below _EMPTY_SHARE of the 90th percentile of the heights of its column
+    type (which stands for the real columns even when most starts are empty; it guards against a least-squares
+    variance inflated by a misfit elsewhere) — has no position or width the data can determine (their CRLBs grow as
+    1/η). Letting them roam (a vacancy or spurious start shrinking onto one noisy pixel or widening into the
+    background) ruined the damping of its whole frame: every column unconverged, or 100 slow iterations.
+    Such a column is held at its start shape at once, before it roams. An empty site whose height becomes clearly
+    significant again (≥ _Z_RELEASE standard errors and ≥ _EMPTY_SHARE of the typical height: a real column that
+    a poor start — e.g. a background level far off — made look empty) is released, once: after that it can only be
+    held again, so the fit still terminates.
+    """
+    var = 1.0 if noise == "poisson" else 2 * half_msr[:, None]
+    eta = st.col[..., M.ETA]
+    z = eta * torch.sqrt(torch.clamp(cb[..., M.ETA, M.ETA], min=0) / var)
+    typical = torch.stack([eta[:, types == t].quantile(0.9, dim=1) for t in range(n_types)], 1)[:, types]
+    live = ~done[:, None]
+    small = eta < _EMPTY_SHARE * typical
+    new_empty = (z < _Z_EMPTY) & small & ~empty & live
+    release = empty & ~released & (z >= _Z_RELEASE) & ~small & live
+    return new_empty, release
+
+
+def _reset_empty(col, new, c0, rho0, noise):
+    """Columns ``new`` (B, N) back to their start position and width (empty sites); for Poisson a height at
+    least the small positive floor of the start (the model must stay > 0)."""
+    start = torch.cat((c0, col[..., M.ETA:M.ETA + 1], rho0[:, None, None].expand(*c0.shape[:2], 1)), -1)
+    if noise == "poisson":
+        floor = 1e-3 * col[..., M.ETA].amax(dim=1, keepdim=True).clamp(min=1e-12)
+        start[..., M.ETA] = torch.maximum(start[..., M.ETA], floor)
+    return torch.where(new[..., None], start, col)
 
 
 def _guard(obj, st: _State):
@@ -810,6 +869,13 @@ def _guard(obj, st: _State):
 
 # Truncated-Newton test of the CG solves: stop once iteration k adds at most this share of the decrease so far, /k.
 _CG_DECREASE_TOL = 0.25
+
+# A column whose height is below this many standard errors is an empty site (position and width held fixed).
+_Z_EMPTY = 2.0
+# ... and below this share of the 90th percentile of the heights of its column type.
+_EMPTY_SHARE = 0.25
+# An empty site whose height reaches this many standard errors (and that share) is released, once.
+_Z_RELEASE = 3.0
 
 # A fit whose widths grow past this multiple of their start stops (not converged): a runaway, not a poor start.
 _MAX_WIDTH_GROWTH = 8.0
@@ -1012,16 +1078,17 @@ def _newton_blocks(prob, blocks, curv):
 def _arrow_schur(cb, C, Gm0, fc, fg, dcol, dglob):
     """Per-column block inverses, free couplings, K = Pc⁻¹Cᵀ and the Schur complement S of the global parameters
     of the arrow matrix [[blocks + diag(dcol), Cᵀ], [C, Gm0 + diag(dglob)]] (fixed parameters as identity rows).
-    Shapes: cb (B, N, 4, 4), C (B, N, G, 4), Gm0 (B, G, G), dcol (B, N, 4) and dglob (B, G), or None for none."""
+    Shapes: cb (B, N, 4, 4), C (B, N, G, 4), Gm0 (B, G, G), dcol (B, N, 4) and dglob (B, G), or None for none;
+    free flags fc (4,) or per column (B, N, 4), fg (G,)."""
     B, G = Gm0.shape[0], Gm0.shape[1]
     eye = torch.eye(4, dtype=cb.dtype, device=cb.device)
-    Pc = cb * (fc[:, None] * fc[None, :]) + eye * (1 - fc)
+    Pc = cb * (fc[..., :, None] * fc[..., None, :]) + eye * (1 - fc)[..., None, :]
     if dcol is not None:
         Pc = Pc + torch.diag_embed(dcol)
     # a tiny ridge keeps blocks of columns with vanishing height invertible (it does not change regular ones)
     ridge = 1e-12 * torch.diagonal(Pc, dim1=-2, dim2=-1).abs().amax(-1, keepdim=True) + 1e-300
     Pc_inv = torch.linalg.inv(Pc + torch.diag_embed(ridge.expand(*Pc.shape[:-1])))
-    C = C * fg[:, None] * fc
+    C = C * fg[:, None] * fc[..., None, :]
     Gm = Gm0 * (fg[:, None] * fg[None, :])
     if dglob is not None:
         Gm = Gm + torch.diag_embed(dglob)
@@ -1053,6 +1120,7 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
     zeta = st["zeta"].cpu().numpy() / scale
     scs = 2 * np.pi * eta * rho**2
     conv = st["conv"].cpu().numpy()
+    empty = st["empty"].cpu().numpy()
     # a column whose centre left the image is fitting a tail of noise (e.g. a spurious peak at the border): the
     # optimum may be genuine, but its parameters are not an estimate of a column, so it is not reported converged
     outside = outside_image(np.stack((x, y), -1), img3.shape[1:], p)
@@ -1100,6 +1168,10 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
                      "no column under it (remove it), a start width far too small (give width_init [Å] near the "
                      "expected column width), or a few columns of a much wider kind (give them their own type).")
         moved = f", {int(outside.sum())} of them moved outside the image" if outside.any() else ""
+        if empty.any():
+            moved += (f", {int(empty.sum())} of them empty sites (height below {_Z_EMPTY:g} standard errors: no "
+                      "column under the start position, e.g. a vacancy or a spurious start; their positions and "
+                      "widths were held at the start and only their heights fitted, SCS ≈ 0; fit.table['empty_site'])")
         if collapsed.any():
             moved += (f", {int(collapsed.sum())} of them collapsed onto a neighbour (centres closer than their "
                       "width: two start positions for one column?)")
@@ -1120,6 +1192,7 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
             "scs_crlb": cr["scs_crlb"].ravel(),
             "background": np.repeat(zeta, N),
             "converged": conv.ravel(),
+            "empty_site": empty.ravel(),
         }
     )
     sq = (lambda a: a) if stack else (lambda a: a[0])
@@ -1137,5 +1210,5 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
         dose=dose,
         noise=noise,
         width_mode=width_mode,
-        info={"window_half_size_px": int(st["h"].max())},
+        info={"window_half_size_px": int(st["h"].max()), "empty_sites": int(empty.sum())},
     )
