@@ -95,7 +95,7 @@ def _write_fit_metadata(path: Path, args, fit, *, pixel_size_source: str) -> Non
             "x": "Å from the image's left edge", "y": "Å from the image's top edge", "width": "Å",
             "height": intensity, "background": intensity, "scs": scs_unit,
             "x_crlb": "Å", "y_crlb": "Å", "scs_crlb": scs_unit,
-            "empty_site": "bool: height below 2 standard errors, position and width held at the start",
+            "empty_site": "bool: no significant column at the start position, removed (height and SCS 0)",
         },
     }
     with atomic_write(path, overwrite=args.overwrite) as tmp:
@@ -128,7 +128,8 @@ def _cmd_count(args) -> int:
         bad = ~table["converged"].astype(bool)
         if bad.any():
             n_empty = int(table.loc[bad, "empty_site"].astype(bool).sum()) if "empty_site" in table.columns else 0
-            empty = f", {n_empty} of them empty sites (SCS ≈ 0)" if n_empty else ""
+            empty = (f", {n_empty} of them empty sites (SCS 0: --include-unconverged would count them as the "
+                     "lowest component unless it stands for 0 atoms)") if n_empty else ""
             print(f"leaving out {int(bad.sum())} columns whose fit did not converge{empty} "
                   "(--include-unconverged keeps them)")
             table = table[~bad].reset_index(drop=True)

@@ -118,8 +118,8 @@ def test_a_few_much_wider_columns_are_not_runaways(width):
 
 def test_start_on_background_is_an_empty_site():
     # a start with no column under it used to widen into the noisy background until the frame stopped at 8x the
-    # start width, every column unconverged: now its height is not significant, it is held at the start (an empty
-    # site, flagged) and the real column converges
+    # start width, every column unconverged: now its height is not significant, it is removed (an empty site:
+    # height 0, position at the start, flagged) and the real column converges
     img = gaussian_image(np.array([[2.0, 2.0]]), 0.4, 1.0, 0.1, (40, 40))
     noisy = np.random.default_rng(0).poisson(img * 1e4 * P * P) / (1e4 * P * P)
     with pytest.warns(UserWarning, match="1 of them empty sites"):
@@ -146,7 +146,7 @@ def test_empty_sites_do_not_stall_the_frame():
         fit = fit_columns(noisy, pos, p, dose=1e4, noise="poisson", width="individual", crlb=False)
     assert fit.converged[~vac].all() and fit.table["empty_site"].to_numpy()[vac].all()
     assert int(fit.n_iter) < 30
-    assert np.all(np.abs(fit.heights[vac]) < 0.1 * 0.05)  # SCS ~ 0 (a real column: 0.05)
+    assert np.all(fit.heights[vac] == 0)
 
 
 def test_runaway_width_stops_with_advice():
@@ -380,13 +380,18 @@ def test_empty_site_gives_zero_scs_within_its_bound(noise, width, rng):
         counts = rng.poisson(img * dose * P * P)
         fit = fit_columns(counts / (dose * P * P), pos, P, dose=dose, noise=noise, width=width)
         t = fit.table
-        # the empty site's SCS is 0 within 4 of its bounds (false failure 6e-5); real columns stand far above.
-        # Direct neighbours of the empty site (index 1 and 3 in the 3x3 lattice) share intensity with the phantom
-        # Gaussian, which raises their SCS bound (~3x), so the 10-sd check is made on the others.
-        assert abs(t.loc[0, "scs"]) < 4 * t.loc[0, "scs_crlb"]
+        # the empty site is removed from the model (a start whose height is within 1 standard error of 0, or
+        # within 3 and roaming): SCS 0, no bound; else its SCS is 0 within 4 of its bounds (false failure 6e-5).
+        # Real columns stand far above; direct neighbours of a site kept in the model (index 1 and 3 in the 3x3
+        # lattice) share intensity with the phantom Gaussian, which raises their SCS bound (~3x), so the 10-sd
+        # check is made on the others.
+        if t.loc[0, "empty_site"]:
+            assert t.loc[0, "scs"] == 0 and np.isnan(t.loc[0, "scs_crlb"]) and not t.loc[0, "converged"]
+        else:
+            assert abs(t.loc[0, "scs"]) < 4 * t.loc[0, "scs_crlb"]
         far = [2, 4, 5, 6, 7, 8]
         assert np.all(t.loc[far, "scs"] > 10 * t.loc[far, "scs_crlb"])
-        assert t.loc[1:, "converged"].all()
+        assert t.loc[1:, "converged"].all() and not t.loc[1:, "empty_site"].any()
 
 
 def test_one_bad_frame_does_not_stop_the_others(rng):
@@ -611,7 +616,8 @@ def test_unconverged_fit_warns(rng):
 def test_spurious_border_starts_are_empty_sites():
     """Starts on pure background at the border (spurious peaks) used to wander outside the image, describing a tail of
     noise and taking part of a neighbour's intensity (6 CRLB of position bias). Their heights are not significant:
-    they are held at the start as empty sites (height ≈ 0, flagged), and every real column is unaffected."""
+    they are removed as empty sites (height 0, position at the start, flagged), and every real column is
+    unaffected."""
     p, dose = 0.14, 5e3
     g = 1.96 * (np.arange(8) + 1)
     X, Y = np.meshgrid(g, g)
@@ -623,8 +629,7 @@ def test_spurious_border_starts_are_empty_sites():
         fit = fit_columns(counts / (dose * p * p), start, p, dose=dose, noise="poisson", crlb=False)
     assert fit.table["empty_site"].to_numpy()[-2:].all() and not fit.converged[-2:].any()
     np.testing.assert_allclose(fit.positions[-2:], start[-2:])  # held at the start
-    # height ≈ 0: within 4 of its standard errors (≈ the CRLB of a lone height: 1/sqrt(Σ g²/f) counts)
-    assert np.all(np.abs(fit.heights[-2:]) < 4 * np.sqrt(0.005 / dose / p**2 / (np.pi * (0.40 / p) ** 2)))
+    assert np.all(fit.heights[-2:] == 0) and np.all(fit.scs[-2:] == 0)
     assert fit.converged[:-2].all() and not fit.table["empty_site"].to_numpy()[:-2].any()
     # every real column within 5 CRLB of the truth (false failure ~1e-4 over 128 coordinates)
     cr = column_crlb(pos, 0.40, 0.05, 0.005, (126, 126), p, dose, width="common")
@@ -681,15 +686,25 @@ def test_crlb_rejects_bad_types(types):
         column_crlb([[2.0, 2.0], [4.0, 2.5]], 0.45, 0.05, 0.005, (40, 40), P, 2e4, width="common", types=types)
 
 
-def test_converged_columns_keep_their_crlb_when_a_diverged_column_breaks_the_model():
-    """A column fitted with a negative height deep enough to make the model intensity negative (here a dip put
-    into a least-squares image) leaves no Poisson bound for the frame as a whole; the converged columns keep
-    theirs, computed from the model without the unconverged column, i.e. those of the other columns alone."""
+def _dip_image():
     pos, shape = lattice(3)
     dip = np.array([4.5, 0.9])
     yy, xx = (np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5) * P
     img = gaussian_image(pos, 0.45, 0.05, 0.005, shape) - 0.02 * np.exp(
         -((xx - dip[0]) ** 2 + (yy - dip[1]) ** 2) / (2 * 0.45**2))
+    return img, pos, dip, shape
+
+
+def test_converged_columns_keep_their_crlb_when_a_diverged_column_breaks_the_model(monkeypatch):
+    """A column fitted with a negative height deep enough to make the model intensity negative (here a dip put
+    into a least-squares image, with the removal of empty sites switched off: it now removes such a column) leaves
+    no Poisson bound for the frame as a whole; the converged columns keep theirs, computed from the model without
+    the unconverged column, i.e. those of the other columns alone."""
+    from stemquant.quant import _fit
+
+    monkeypatch.setattr(_fit, "_Z_NONE", -np.inf)
+    monkeypatch.setattr(_fit, "_Z_EMPTY", -np.inf)
+    img, pos, dip, shape = _dip_image()
     with pytest.warns(UserWarning, match="converged columns got their CRLB"):
         fit = fit_columns(img, np.r_[pos, [dip]], P, dose=1e4, noise="gaussian", width="common")
     assert fit.heights[-1] < 0 and not fit.converged[-1] and fit.converged[:-1].all()
@@ -699,6 +714,34 @@ def test_converged_columns_keep_their_crlb_when_a_diverged_column_breaks_the_mod
                       width="common")
     for name in ("x_crlb", "y_crlb", "scs_crlb"):
         np.testing.assert_allclose(t.loc[:8, name], ref[name], rtol=1e-9)
+
+
+@pytest.mark.parametrize("stack", [False, True])
+def test_a_dip_is_an_empty_site_and_the_bounds_leave_it_out(stack):
+    """The same dip (a start with a negative height) is removed as an empty site: height 0, NaN bounds, and the
+    other columns' bounds are those of the model without it. In a stack, frames without empty sites keep the
+    bounds of the whole model."""
+    img, pos, dip, shape = _dip_image()
+    full = gaussian_image(np.r_[pos, [dip]], 0.45, 0.05, 0.005, shape)  # a real column at the dip start
+    data = np.stack([img, full]) if stack else img
+    with pytest.warns(UserWarning, match="1 of them empty sites"):
+        fit = fit_columns(data, np.r_[pos, [dip]], P, dose=1e4, noise="gaussian", width="common")
+    t = fit.table
+    first = t[t.frame == 0].reset_index(drop=True)
+    assert first["empty_site"].tolist() == [False] * 9 + [True] and first.loc[9, "height"] == 0.0
+    assert first.loc[9, ["x_crlb", "y_crlb", "scs_crlb"]].isna().all() and first["converged"][:9].all()
+    heights = fit.heights[0] if stack else fit.heights
+    ref = column_crlb(first[["x", "y"]].to_numpy()[:9], first["width"][:9], heights[:9], first["background"][0],
+                      shape, P, 1e4, width="common")
+    for name in ("x_crlb", "y_crlb", "scs_crlb"):
+        np.testing.assert_allclose(first.loc[:8, name], ref[name], rtol=1e-9)
+    if stack:  # the second frame has a column at every start: the bounds of the whole model
+        second = t[t.frame == 1].reset_index(drop=True)
+        assert not second["empty_site"].any() and second["converged"].all()
+        ref2 = column_crlb(second[["x", "y"]].to_numpy(), second["width"], fit.heights[1], second["background"][0],
+                           shape, P, 1e4, width="common")
+        for name in ("x_crlb", "y_crlb", "scs_crlb"):
+            np.testing.assert_allclose(second[name], ref2[name], rtol=1e-9)
 
 
 def test_empty_stack_is_a_clear_error():

@@ -73,9 +73,9 @@ class FitResult:
     converged : ndarray of bool, shape ([B,] N)
         The frame's optimiser converged, the column's centre lies inside the image (a column fitted outside
         it describes a tail of noise, not a column) and no other column's centre lies closer than the larger of
-        their widths (two Gaussians sharing one column split its SCS), and it is not an empty site — a column
-        whose height fell below 2 standard errors (a vacancy or spurious start: its position and width are not
-        determined by the data, so they are held at the start and only its height is fitted, ≈ 0).
+        their widths (two Gaussians sharing one column split its SCS), and it is not an empty site — a start with
+        no significant column under it (a vacancy or spurious start), removed from the model: height and SCS 0,
+        position and width at the start, NaN bounds (``table["empty_site"]``; docs/fitting.md).
         ``fit_columns`` warns when any column is not converged.
     n_iter : ndarray of int, shape ([B])
         Levenberg–Marquardt iterations used per frame.
@@ -633,20 +633,8 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     col = torch.stack((c0[..., 0], c0[..., 1], eta0, rho0[:, None].expand(B, N)), dim=-1).contiguous()
     glob = torch.cat((zeta0[:, None], rho0[:, None].expand(B, n_types)), dim=1).contiguous()
     st = _State(col, glob, types, "individual" if width_mode == "individual" else "common")
-    lin = _Problem(prob.data, geom, mask, types, width_mode, "gaussian",
-                   torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=dt, device=dev),
-                   torch.cat((glob_free[:1], torch.zeros(n_types, dtype=dt, device=dev))))
-    prof, f = lin.model(st)
-    step_c, step_g, *_ = _solve_step(lin, st, prof, f, torch.zeros(B, dtype=dt, device=dev), cg_iter=50,
-                                       cg_tol=1e-3)
-    st.col += step_c
-    st.glob += step_g
-    if noise == "poisson":  # the likelihood needs f > 0 everywhere
-        # empty sites (false detections, vacancies) start at a small positive height: at exactly 0 every other
-        # derivative of that column vanishes and its block of JᵀWJ is singular
-        floor = 1e-3 * st.col[..., M.ETA].amax(dim=1, keepdim=True).clamp(min=1e-12)
-        st.col[..., M.ETA] = torch.maximum(st.col[..., M.ETA], floor)
-        st.glob[:, 0].clamp_(min=1e-6 * float(data.mean()) + 1e-12)
+    empty = torch.zeros(B, N, dtype=torch.bool, device=dev)  # empty sites: removed (height 0, nothing free)
+    st = _linear_solve(prob, st, empty, data.mean(), noise, glob_free)
 
     # Levenberg–Marquardt, one damping factor per frame.
     prof, f = prob.model(st)
@@ -663,7 +651,6 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     newton_ok = torch.full((B,), _NEWTON, dtype=torch.bool, device=dev)
     type_onehot = torch.nn.functional.one_hot(types, n_types).to(dt)  # (N, T)
     thin_growth = torch.zeros(B, dtype=torch.long, device=dev)  # iterations in a row with few outgrown widths
-    empty = torch.zeros(B, N, dtype=torch.bool, device=dev)  # empty sites: shape held at the start, height free
     released = torch.zeros(B, N, dtype=torch.bool, device=dev)  # empty sites released once (never again)
     over_cap = torch.zeros(B, dtype=torch.long, device=dev)  # iterations in a row with a width past the cap
     for it in range(max_iter):
@@ -671,30 +658,39 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # tails): reuse them, and refresh when the last solve needed more CG iterations than usual or every 5th
         # iteration. Stale blocks change the path, not the fixed point.
         refresh = blocks is None or it % 5 == 0 or n_cg > 3
-        step_c, step_g, pred, blocks, share, n_cg, took_newton = _solve_step(
+        step_c, step_g, pred, blocks, share, n_cg, took_newton, g_eta = _solve_step(
             prob, st, prof, f, lam, cg_iter=30, cg_tol=1e-2, blocks=None if refresh else blocks, newton=newton)
         newton_ok &= took_newton | ~newton
-        # Empty sites (vacancies, spurious starts): see _empty_sites. Their shape goes back to the start and stays
-        # fixed, their height stays free; the solve is redone with the new free parameters.
-        new_empty, release = _empty_sites(st, blocks["cb"], obj / npix, noise, types, n_types, empty, released, done)
-        if bool(new_empty.any() | release.any()):
+        # Empty sites (vacancies, spurious starts): see _empty_sites. They are removed (height 0, nothing free) or
+        # restored (at the start shape with the height of the score test, everything free). The step just solved
+        # is then taken without the removed columns' part, from the re-rendered state (the acceptance test below
+        # compares with the criterion of that state); such a frame does not stop in this iteration.
+        new_empty, release, eta_score = _empty_sites(st, c0, blocks["cb"], g_eta, obj / npix, noise, types, n_types,
+                                                     empty, released, done)
+        event = (new_empty | release).any(1)
+        if bool(event.any()):
             empty = (empty | new_empty) & ~release
             released |= release
-            st.col = _reset_empty(st.col, new_empty, c0, rho0, noise)
+            st.col = _reset_empty(st.col, new_empty, c0, rho0)
+            st.col[..., M.ETA] = torch.where(release, eta_score, st.col[..., M.ETA])
+            step_c = step_c * (~new_empty)[..., None]
             free = col_free.expand(B, N, 4).clone()
-            free[empty] = torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=dt, device=dev)
+            free[empty] = 0.0
+            # a shared width whose columns were all removed has no data left: fixed in that frame
+            gfree = glob_free.expand(B, -1).clone()
+            if width_mode == "common":
+                gfree[:, 1:] *= ((~empty).to(dt) @ type_onehot > 0).to(dt)
             prob = _Problem(prob.data, M.make_geometry(st.col[..., M.CX], st.col[..., M.CY], prob.geom.h, (H, W),
-                                                       pad), mask, types, width_mode, noise, free, glob_free)
+                                                       pad), mask, types, width_mode, noise, free, gfree)
             prof, f = prob.model(st)
             obj = prob.objective(f)
-            blocks, newton = None, torch.zeros_like(newton)
-            n_iter += (~done).long()
-            continue
+            blocks = None
+            newton = newton & ~event
         # A frame whose nearly undamped step moves every column by < 1e-2 of its statistical uncertainty (the
         # stopping test below, applied before the step) takes it unchecked and stops: evaluating so small a step
         # would only cost a render. Its criterion is then the predicted one (exact to third order in the step).
         unit = 1.0 if noise == "poisson" else 2 * obj / npix
-        settled = ~done & (share <= _STOP_SHARE * unit) & (lam <= 1e-3)
+        settled = ~done & ~event & (share <= _STOP_SHARE * unit) & (lam <= 1e-3)
         if bool(settled.any()):
             st.col = st.col + step_c * settled[:, None, None]
             st.glob = st.glob + step_g * settled[:, None]
@@ -735,7 +731,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # column's share of the predicted decrease, ½δₙᵀgₙ ≈ ½‖δₙ‖²_F, is in log-likelihood units for Poisson and
         # in units of σ² (estimated from the residuals) for least squares. Per column, so the test does not
         # tighten with the number of columns. The relative-change test ends noise-free fits.
-        small = (share <= _STOP_SHARE * unit) | ((obj - tobj).abs() <= 1e-13 * (1 + obj.abs()))
+        small = ((share <= _STOP_SHARE * unit) | ((obj - tobj).abs() <= 1e-13 * (1 + obj.abs()))) & ~event
         n_iter += (~done).long()
         # Switch to Newton steps once the last step moved every column by < ~14 of its statistical uncertainties
         # (share ≤ 100 units), where the Hessian is positive definite in practice; back to Gauss–Newton for good
@@ -790,7 +786,8 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
             cap = _MAX_WIDTH_GROWTH * float(rho0.max())
             pad = _half_size(min(2 * float(rho[~done].max()), cap), truncation) + 2
             dpad, mask = M.pad_stack(data, pad)
-            prob = _Problem(dpad.reshape(-1), prob.geom, mask, types, width_mode, noise, prob.col_free, glob_free)
+            prob = _Problem(dpad.reshape(-1), prob.geom, mask, types, width_mode, noise, prob.col_free,
+                            prob.glob_free)
             blocks, repad = None, True
         live = ~failed
         need_h = min(_half_size(rho[live].max(), truncation), pad) if bool(live.any()) else prob.geom.h
@@ -826,39 +823,87 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     }
 
 
-def _empty_sites(st, cb, half_msr, noise, types, n_types, empty, released, done):
-    """Columns to hold as empty sites now, and empty sites to release, each (B, N) bool.
+def _linear_solve(prob, st, empty, data_mean, noise, glob_free):
+    """Heights and background by linear least squares with positions and widths fixed (variable projection), the
+    heights of empty sites kept at 0; for Poisson, present heights and the background are then kept > 0."""
+    B, N = empty.shape
+    dt, dev = st.col.dtype, st.col.device
+    eta_free = torch.zeros(B, N, 4, dtype=dt, device=dev)
+    eta_free[..., M.ETA] = (~empty).to(dt)
+    lin = _Problem(prob.data, prob.geom, prob.mask, prob.types, prob.width_mode, "gaussian", eta_free,
+                   torch.cat((glob_free[..., :1], torch.zeros_like(glob_free[..., 1:])), -1))
+    prof, f = lin.model(st)
+    step_c, step_g, *_ = _solve_step(lin, st, prof, f, torch.zeros(B, dtype=dt, device=dev), cg_iter=50,
+                                       cg_tol=1e-3)
+    st = _State(st.col + step_c, st.glob + step_g, st.types, st.width_mode)
+    if noise == "poisson":  # the likelihood needs f > 0 everywhere
+        # columns with a tiny or negative height (false detections, vacancies not yet removed) start at a small
+        # positive height: at exactly 0 every other derivative of a column vanishes and its block is singular
+        floor = 1e-3 * st.col[..., M.ETA].amax(dim=1, keepdim=True).clamp(min=1e-12)
+        st.col[..., M.ETA] = torch.where(empty, 0.0, torch.maximum(st.col[..., M.ETA], floor))
+        st.glob[:, 0].clamp_(min=1e-6 * float(data_mean) + 1e-12)
+    return st
 
-    A column whose height is not significant — η below _Z_EMPTY standard errors (from the Fisher information of
-    η alone, ``cb[..., η, η]``, in the noise variance of the criterion: 1 for Poisson, the mean squared residual
-    2·``half_msr`` for least squares) and below _EMPTY_SHARE of the 90th percentile of the heights of its column
-    type (which stands for the real columns even when most starts are empty; it guards against a least-squares
-    variance inflated by a misfit elsewhere) — has no position or width the data can determine (their CRLBs grow as
-    1/η). Letting them roam (a vacancy or spurious start shrinking onto one noisy pixel or widening into the
-    background) ruined the damping of its whole frame: every column unconverged, or 100 slow iterations.
-    Such a column is held at its start shape at once, before it roams. An empty site whose height becomes clearly
-    significant again (≥ _Z_RELEASE standard errors and ≥ _EMPTY_SHARE of the typical height: a real column that
-    a poor start — e.g. a background level far off — made look empty) is released, once: after that it can only be
-    held again, so the fit still terminates.
+
+def _empty_sites(st, c0, cb, g_eta, half_msr, noise, types, n_types, empty, released, done):
+    """Columns to remove as empty sites now, empty sites to restore (each (B, N) bool) and the score-test height
+    of every removed column (B, N).
+
+    Significance of a column: its height in standard errors, z = η·sqrt(F/σ²) (Wald test with the Fisher
+    information of η alone, ``cb[..., η, η]``; σ² = 1 for Poisson, the mean squared residual 2·``half_msr`` for
+    least squares), taken for a column of its type's width w (the median width of the type's significant columns;
+    Σ g² ∝ ρ²): a Gaussian shrunk onto one noisy pixel (individual widths) has a tall height but the volume of a
+    spike, so the same volume at width w (z × ρ/w); one spread over the background collects a large volume at a
+    low height, so that height at width w (z × w/ρ).
+
+    A faint column (η below _EMPTY_SHARE of the 90th percentile of the heights of its type's significant columns,
+    z ≥ _Z_EMPTY — or any height if the type has none; a guard against a least-squares σ² inflated by a misfit
+    elsewhere) is removed — height 0, nothing free — when there is clearly nothing there (z < _Z_NONE) or when it
+    is not significant (z < _Z_EMPTY) and roams: moved more than 2w from its start, or (individual widths) a width
+    outside [w/2, 2w]; in a type without any significant column, when not significant at all. Left free, such
+    shapes (a vacancy or spurious start shrinking onto one noisy pixel, widening
+    into the background, sliding onto a neighbour) ruined the damping of the whole frame: every column unconverged,
+    or 100 slow iterations. A weak real column that stays put (a light column ~4 standard errors tall, say) is left
+    alone; a removed one is reset to its start position and width. An empty site is restored, once, when the score
+    test at its start shape finds a column after all (the height one Newton step from 0 would give, ``g_eta / F``,
+    is ≥ _Z_RELEASE standard errors: a real column that a poor start — e.g. a background level far off — made
+    look empty); after that it can only be removed again, so the fit terminates.
     """
     var = 1.0 if noise == "poisson" else 2 * half_msr[:, None]
-    eta = st.col[..., M.ETA]
-    z = eta * torch.sqrt(torch.clamp(cb[..., M.ETA, M.ETA], min=0) / var)
-    typical = torch.stack([eta[:, types == t].quantile(0.9, dim=1) for t in range(n_types)], 1)[:, types]
+    eta, rho = st.col[..., M.ETA], st.rho()
     live = ~done[:, None]
-    small = eta < _EMPTY_SHARE * typical
-    new_empty = (z < _Z_EMPTY) & small & ~empty & live
-    release = empty & ~released & (z >= _Z_RELEASE) & ~small & live
-    return new_empty, release
+    fisher = torch.clamp(cb[..., M.ETA, M.ETA], min=1e-300)
+    z_own = eta * torch.sqrt(fisher / var)
+    per_type = [types == t for t in range(n_types)]
+
+    def over_type(x, among, fn, fallback):  # a statistic over each type's columns `among`, per column
+        x = torch.where(among, x, torch.nan)
+        return torch.nan_to_num(torch.stack([fn(x[:, k]) for k in per_type], 1)[:, types], nan=fallback)
+
+    significant = ~empty & (z_own >= _Z_EMPTY)
+    median = lambda v: v.nanmedian(dim=1).values  # noqa: E731
+    width = over_type(rho, significant, median, 0.0)
+    width = torch.where(width > 0, width, over_type(rho, ~empty, median, 0.0))
+    width = torch.where(width > 0, width, rho)
+    typical = over_type(eta, significant, lambda v: v.nanquantile(0.9, dim=1), math.inf)
+    ratio = rho / width
+    z = z_own * torch.minimum(ratio, 1 / ratio)
+    faint = eta < _EMPTY_SHARE * typical
+    moved = torch.hypot(st.col[..., M.CX] - c0[..., 0], st.col[..., M.CY] - c0[..., 1])
+    roams = (moved > 2 * width) | (ratio < 0.5) | (ratio > 2.0)
+    # a type without a single significant column (an invisible sublattice given as a type) shows nothing: its
+    # insignificant columns go even when they stay put (they would only steer the type's shared width)
+    silent = torch.isinf(typical)
+    new_empty = ~empty & live & faint & ((z < _Z_NONE) | ((z < _Z_EMPTY) & (roams | silent)))
+    eta_score = g_eta / fisher  # the height one Newton step from η = 0 (the column's shape at its start)
+    z_score = eta_score * torch.sqrt(fisher / var)
+    release = empty & ~released & live & (z_score >= _Z_RELEASE)
+    return new_empty, release, eta_score
 
 
-def _reset_empty(col, new, c0, rho0, noise):
-    """Columns ``new`` (B, N) back to their start position and width (empty sites); for Poisson a height at
-    least the small positive floor of the start (the model must stay > 0)."""
-    start = torch.cat((c0, col[..., M.ETA:M.ETA + 1], rho0[:, None, None].expand(*c0.shape[:2], 1)), -1)
-    if noise == "poisson":
-        floor = 1e-3 * col[..., M.ETA].amax(dim=1, keepdim=True).clamp(min=1e-12)
-        start[..., M.ETA] = torch.maximum(start[..., M.ETA], floor)
+def _reset_empty(col, new, c0, rho0):
+    """Columns ``new`` (B, N) back to their start position and width with height 0 (empty sites)."""
+    start = torch.cat((c0, torch.zeros_like(c0[..., :1]), rho0[:, None, None].expand(*c0.shape[:2], 1)), -1)
     return torch.where(new[..., None], start, col)
 
 
@@ -870,12 +915,14 @@ def _guard(obj, st: _State):
 # Truncated-Newton test of the CG solves: stop once iteration k adds at most this share of the decrease so far, /k.
 _CG_DECREASE_TOL = 0.25
 
-# A column whose height is below this many standard errors is an empty site (position and width held fixed).
-_Z_EMPTY = 2.0
-# ... and below this share of the 90th percentile of the heights of its column type.
+# Empty sites (_empty_sites): a faint column below _Z_NONE standard errors is removed at once, one below _Z_EMPTY
+# when it also roams; _Z_EMPTY also defines the significant columns that set a type's width and typical height.
+_Z_NONE = 1.0
+_Z_EMPTY = 3.0
+# Faint: below this share of the 90th percentile of the heights of the significant columns of its type.
 _EMPTY_SHARE = 0.25
-# An empty site whose height reaches this many standard errors (and that share) is released, once.
-_Z_RELEASE = 3.0
+# An empty site whose score-test height reaches this many standard errors is restored, once.
+_Z_RELEASE = 4.0
 
 # A fit whose widths grow past this multiple of their start stops (not converged): a runaway, not a poor start.
 _MAX_WIDTH_GROWTH = 8.0
@@ -897,7 +944,8 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None, newton=
     In the frames flagged by ``newton`` (bool, shape (B,)) the Hessian includes the second-derivative term (falls
     back to Gauss–Newton in a frame where it is not positive definite). Returns the step (per-column, global), the
     predicted decrease ½ δᵀg per frame, the blocks used, the largest per-column share of the predicted decrease,
-    the number of CG iterations and the frames that took a Newton step.
+    the number of CG iterations, the frames that took a Newton step and the η components of JᵀW r before the
+    free-parameter mask (B, N) (the score of removed heights).
     """
     geom = prob.geom
     B = geom.i0.shape[0]
@@ -924,14 +972,16 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None, newton=
         # with W' = d/f² (observed information) for Poisson. Gauss–Newton / Fisher scoring converge linearly
         # (error × ~0.1 per step at typical doses); Newton's quadratic convergence saves iterations.
         X = M.residual_moments(geom, profl, stl.col[..., M.CX], stl.col[..., M.CY], rl)
-        gcol, gglob = pl.reduce(M.moments_gradient(X, profl.coef), rl.view(B, -1).sum(1, keepdim=True))
+        graw = M.moments_gradient(X, profl.coef)
+        gcol, gglob = pl.reduce(graw, rl.view(B, -1).sum(1, keepdim=True))
         curv = M.curvature_blocks(X, stl.col[..., M.ETA], stl.rho()) * newton[:, None, None, None]
         if prob.noise == "gaussian":
             wH = wl
         else:  # observed information d/f² in the Newton frames, expected 1/f in the others
             wH = torch.where(newton[:, None], (pl.data * wl * wl).view(B, -1), wl.view(B, -1)).reshape(-1)
     else:
-        gcol, gglob = pl.JT(stl, profl, rl)
+        graw, _ = M.vjp(geom, profl, stl.col[..., M.ETA], stl.rho(), rl, None)  # = pl.JT before the free mask
+        gcol, gglob = pl.reduce(graw, rl.view(B, -1).sum(1, keepdim=True))
         wH = wl
     # Preconditioner: the exact per-column 4x4 blocks of JᵀWJ plus the exact coupling of every column with the
     # global parameters (background, shared widths), eliminated by a Schur complement; only overlaps between
@@ -947,7 +997,7 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None, newton=
         C = torch.zeros(B, cb.shape[1], G, 4, dtype=dt, device=f.device)
         Gm0 = torch.zeros(B, G, G, dtype=dt, device=f.device)
         for g in range(G):
-            if float(prob.glob_free[g]) == 0.0:
+            if not bool((prob.glob_free[..., g] != 0).any()):
                 continue
             if g == 0 and gauss:  # J e_ζ is the 0/1 mask: Jᵀ mask from 1-D sums, Σ mask = H·W per frame
                 hc, hg = pl.reduce(M.mask_gradient(geom, profl, eta, rho),
@@ -959,7 +1009,7 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None, newton=
                 e[:, g] = 1.0
                 hc, hg = pl.JT(stl, profl, pl.J(stl, profl, zc, e) * wl)
             C[:, :, g, :], Gm0[:, :, g] = hc.to(dt), hg.to(dt)
-        if prob.width_mode == "common" and bool((prob.glob_free[1:] != 0).any()):
+        if prob.width_mode == "common" and bool((prob.glob_free[..., 1:] != 0).any()):
             C, Gm0 = _own_width_coupling(prob, cb, C, Gm0)
         blocks = {"cb": cb, "C": C, "Gm0": Gm0}
     # The factorised preconditioner depends on λ only through λ·D: while λ stays ≤ 1e-3 (a ≤ 0.1 % change of the
@@ -1038,7 +1088,7 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None, newton=
     pred = 0.5 * ((xc * gcol).sum((1, 2)) + (xg * gglob).sum(1))
     # largest share of one column (or one global parameter) in the predicted decrease: the stopping test
     share = torch.maximum((0.5 * xc * gcol).sum(-1).abs().amax(1), (0.5 * xg * gglob).abs().amax(1))
-    return xc, xg, pred, blocks, share, _it + 1, newton
+    return xc, xg, pred, blocks, share, _it + 1, newton, graw[..., M.ETA].to(dt)
 
 
 def _own_width_coupling(prob, cb, C, Gm0):
@@ -1079,7 +1129,7 @@ def _arrow_schur(cb, C, Gm0, fc, fg, dcol, dglob):
     """Per-column block inverses, free couplings, K = Pc⁻¹Cᵀ and the Schur complement S of the global parameters
     of the arrow matrix [[blocks + diag(dcol), Cᵀ], [C, Gm0 + diag(dglob)]] (fixed parameters as identity rows).
     Shapes: cb (B, N, 4, 4), C (B, N, G, 4), Gm0 (B, G, G), dcol (B, N, 4) and dglob (B, G), or None for none;
-    free flags fc (4,) or per column (B, N, 4), fg (G,)."""
+    free flags fc (4,) or per column (B, N, 4), fg (G,) or per frame (B, G)."""
     B, G = Gm0.shape[0], Gm0.shape[1]
     eye = torch.eye(4, dtype=cb.dtype, device=cb.device)
     Pc = cb * (fc[..., :, None] * fc[..., None, :]) + eye * (1 - fc)[..., None, :]
@@ -1088,8 +1138,8 @@ def _arrow_schur(cb, C, Gm0, fc, fg, dcol, dglob):
     # a tiny ridge keeps blocks of columns with vanishing height invertible (it does not change regular ones)
     ridge = 1e-12 * torch.diagonal(Pc, dim1=-2, dim2=-1).abs().amax(-1, keepdim=True) + 1e-300
     Pc_inv = torch.linalg.inv(Pc + torch.diag_embed(ridge.expand(*Pc.shape[:-1])))
-    C = C * fg[:, None] * fc[..., None, :]
-    Gm = Gm0 * (fg[:, None] * fg[None, :])
+    C = C * fg[..., None, :, None] * fc[..., None, :]
+    Gm = Gm0 * (fg[..., :, None] * fg[..., None, :])
     if dglob is not None:
         Gm = Gm + torch.diag_embed(dglob)
     K = Pc_inv @ C.transpose(-1, -2)  # (B, N, 4, G)
@@ -1140,13 +1190,25 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
                     types=types[k], device=st["col"].device, invalid="nan", pool=pool,
                 )
 
-        cr = bounds(slice(None), slice(None))
-        bad = np.isnan(cr["x_crlb"]).all(axis=1)
+        has_empty = empty.any(axis=1)
+        cr = {k: np.full((B, N), np.nan) for k in ("x_crlb", "y_crlb", "scs_crlb")}
+        if not has_empty.all():
+            full = ~has_empty
+            for name, v in bounds(full, slice(None)).items():
+                cr[name][full] = v
+        for f in np.flatnonzero(has_empty):
+            # empty sites are not in the fitted model (height 0, nothing free): the bounds are those of the model
+            # without them, and theirs are NaN (no estimate)
+            k = ~empty[f]
+            if k.any():
+                for name, v in bounds(slice(f, f + 1), k).items():
+                    cr[name][f, k] = v[0]
+        bad = np.isnan(cr["x_crlb"]).all(axis=1) & ~empty.all(axis=1)
         retried = 0
         for f in np.flatnonzero(bad & conv.any(axis=1) & ~conv.all(axis=1)):
             # one diverged column (negative height, collapsed onto its neighbour) can make the whole model invalid
             # for the bound; the converged columns get theirs from the model without the unconverged ones
-            k = conv[f]
+            k = conv[f]  # (empty sites are never converged)
             sub = bounds(slice(f, f + 1), k)
             for name, v in sub.items():
                 cr[name][f, k] = v[0]
@@ -1169,9 +1231,9 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
                      "expected column width), or a few columns of a much wider kind (give them their own type).")
         moved = f", {int(outside.sum())} of them moved outside the image" if outside.any() else ""
         if empty.any():
-            moved += (f", {int(empty.sum())} of them empty sites (height below {_Z_EMPTY:g} standard errors: no "
-                      "column under the start position, e.g. a vacancy or a spurious start; their positions and "
-                      "widths were held at the start and only their heights fitted, SCS ≈ 0; fit.table['empty_site'])")
+            moved += (f", {int(empty.sum())} of them empty sites (no significant column at the start position: a "
+                      "vacancy or a spurious start; removed from the model: height 0, SCS 0, position and width at "
+                      "the start, CRLB NaN; fit.table['empty_site'])")
         if collapsed.any():
             moved += (f", {int(collapsed.sum())} of them collapsed onto a neighbour (centres closer than their "
                       "width: two start positions for one column?)")
