@@ -881,23 +881,29 @@ def _empty_sites(st, c0, cb, g_eta, half_msr, noise, types, n_types, empty, rele
         return torch.nan_to_num(torch.stack([fn(x[:, k]) for k in per_type], 1)[:, types], nan=fallback)
 
     significant = ~empty & (z_own >= _Z_EMPTY)
-    median = lambda v: v.nanmedian(dim=1).values  # noqa: E731
-    width = over_type(rho, significant, median, 0.0)
-    width = torch.where(width > 0, width, over_type(rho, ~empty, median, 0.0))
-    width = torch.where(width > 0, width, rho)
-    typical = over_type(eta, significant, lambda v: v.nanquantile(0.9, dim=1), math.inf)
+    if st.width_mode == "individual":
+        median = lambda v: v.nanmedian(dim=1).values  # noqa: E731
+        width = over_type(rho, significant, median, 0.0)
+        width = torch.where(width > 0, width, over_type(rho, ~empty, median, 0.0))
+        width = torch.where(width > 0, width, rho)
+    else:  # shared widths: every column of a type has the type's width
+        width = rho
     ratio = rho / width
     z = z_own * torch.minimum(ratio, 1 / ratio)
+    candidates = ~empty & live & (z < _Z_EMPTY)
+    eta_score = g_eta / fisher  # the height one Newton step from η = 0 (the column's shape at its start)
+    z_score = eta_score * torch.sqrt(fisher / var)
+    release = empty & ~released & live & (z_score >= _Z_RELEASE)
+    if not bool(candidates.any()):  # the usual case: every column significant (a few cheap operations)
+        return candidates, release, eta_score
+    typical = over_type(eta, significant, lambda v: v.nanquantile(0.9, dim=1), math.inf)
     faint = eta < _EMPTY_SHARE * typical
     moved = torch.hypot(st.col[..., M.CX] - c0[..., 0], st.col[..., M.CY] - c0[..., 1])
     roams = (moved > 2 * width) | (ratio < 0.5) | (ratio > 2.0)
     # a type without a single significant column (an invisible sublattice given as a type) shows nothing: its
     # insignificant columns go even when they stay put (they would only steer the type's shared width)
     silent = torch.isinf(typical)
-    new_empty = ~empty & live & faint & ((z < _Z_NONE) | ((z < _Z_EMPTY) & (roams | silent)))
-    eta_score = g_eta / fisher  # the height one Newton step from η = 0 (the column's shape at its start)
-    z_score = eta_score * torch.sqrt(fisher / var)
-    release = empty & ~released & live & (z_score >= _Z_RELEASE)
+    new_empty = candidates & faint & ((z < _Z_NONE) | roams | silent)
     return new_empty, release, eta_score
 
 
