@@ -1,6 +1,8 @@
 """fit_columns and column_crlb: exactness on noise-free images, efficiency against the CRLB, bad input."""
 
 
+import contextlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -757,3 +759,32 @@ def test_a_dip_is_an_empty_site_and_the_bounds_leave_it_out(stack):
 def test_empty_stack_is_a_clear_error():
     with pytest.raises(ValueError, match="empty stack"):
         fit_columns(np.zeros((0, 20, 20)), [[1.0, 1.0]], P)
+
+
+def test_a_type_empty_in_one_frame_of_a_stack():
+    """Common widths per type on a checkerboard; in frame 0 the type-1 columns have no signal (an invisible
+    sublattice), in frame 1 they do. Frame 0's type-1 starts are all removed and that type's width fixed in that
+    frame only (per-frame free flags); both frames, fitted together in one batch, equal the frames fitted alone
+    (to 1e-4 Å), and every real column converges."""
+    g = 2.0 + 2.0 * np.arange(5)
+    X, Y = np.meshgrid(g, g)
+    pos = np.c_[X.ravel(), Y.ravel()]
+    types = ((np.arange(25) // 5 + np.arange(25) % 5) % 2).astype(int)
+    shape = (60, 60)
+    with_b = gaussian_image(pos, 0.4, 1.0, 0.1, shape)
+    without_b = gaussian_image(pos[types == 0], 0.4, 1.0, 0.1, shape)
+    rng = np.random.default_rng(7)
+    frames = rng.poisson(np.stack([without_b, with_b]) * 1e4 * P * P) / (1e4 * P * P)
+    start = pos + rng.normal(0, 0.05, pos.shape)
+    kw = dict(dose=1e4, noise="poisson", width="common", types=types, crlb=False)
+    with pytest.warns(UserWarning, match="12 of them empty sites"):
+        both = fit_columns(frames, start, P, frames_per_batch=2, **kw)
+    empty = both.table["empty_site"].to_numpy().reshape(2, -1)
+    assert empty[0].tolist() == (types == 1).tolist() and not empty[1].any()
+    assert both.converged[0, types == 0].all() and both.converged[1].all()
+    for b in range(2):
+        with pytest.warns(UserWarning) if b == 0 else contextlib.nullcontext():
+            alone = fit_columns(frames[b], start, P, **kw)
+        assert (alone.table["empty_site"].to_numpy() == empty[b]).all()
+        keep = ~empty[b]
+        np.testing.assert_allclose(both.positions[b][keep], alone.positions[keep], atol=1e-4)

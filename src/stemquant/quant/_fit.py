@@ -752,8 +752,9 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
             f = torch.where(ok[:, None], tf.view(B, -1), f.view(B, -1)).reshape(-1)
         if bool(done.all()):
             break
-        # keep every Gaussian inside its window: re-centre/enlarge windows when columns move or widths grow
-        rho = st.rho()
+        # keep every Gaussian inside its window: re-centre/enlarge windows when columns move or widths grow (empty
+        # sites have no Gaussian: with shared widths theirs is that of a type which may have no column left)
+        rho = torch.where(empty, 0.0, st.rho())
         moved = torch.maximum((st.col[..., M.CX] - (prob.geom.j0 + prob.geom.h)).abs(),
                               (st.col[..., M.CY] - (prob.geom.i0 + prob.geom.h)).abs())
         # Widths that outgrow the padded margin (sized for 3x the start): the stack is re-padded for them (twice
@@ -909,8 +910,8 @@ def _empty_sites(st, c0, cb, g_eta, half_msr, noise, types, n_types, empty, rele
     # insignificant columns go even when they stay put (they would only steer the type's shared width)
     silent = torch.isinf(typical)
     new_empty = candidates & faint & ((z < _Z_NONE) | roams | silent)
-    if bool(new_empty.any()):
-        new_empty &= ~_covered(st.col, new_empty, ~empty, width)
+    if bool((new_empty & ~silent).any()):  # (a silent type's width says nothing: its columns go regardless)
+        new_empty &= silent | ~_covered(st.col, new_empty & ~silent, ~empty, width)
     return new_empty, release, eta_score
 
 
