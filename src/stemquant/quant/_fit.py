@@ -892,15 +892,17 @@ def _empty_sites(st, c0, cb, g_eta, half_msr, noise, types, n_types, empty, rele
         width = over_type(rho, significant, median, 0.0)
         width = torch.where(width > 0, width, over_type(rho, ~empty, median, 0.0))
         width = torch.where(width > 0, width, rho)
+        ratio = rho / width
+        z = z_own * torch.minimum(ratio, 1 / ratio)
     else:  # shared widths: every column of a type has the type's width
-        width = rho
-    ratio = rho / width
-    z = z_own * torch.minimum(ratio, 1 / ratio)
+        width, ratio, z = rho, torch.ones_like(rho), z_own
     candidates = ~empty & live & (z < _Z_EMPTY)
+    if not bool((candidates | empty).any()):  # the usual case: every column significant, none removed
+        return candidates, candidates, eta
     eta_score = g_eta / fisher  # the height one Newton step from η = 0 (the column's shape at its start)
     z_score = eta_score * torch.sqrt(fisher / var)
     release = empty & ~released & live & (z_score >= _Z_RELEASE)
-    if not bool(candidates.any()):  # the usual case: every column significant (a few cheap operations)
+    if not bool(candidates.any()):
         return candidates, release, eta_score
     typical = over_type(eta, significant, lambda v: v.nanquantile(0.9, dim=1), math.inf)
     faint = eta < _EMPTY_SHARE * typical
