@@ -652,6 +652,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     type_onehot = torch.nn.functional.one_hot(types, n_types).to(dt)  # (N, T)
     thin_growth = torch.zeros(B, dtype=torch.long, device=dev)  # iterations in a row with few outgrown widths
     released = torch.zeros(B, N, dtype=torch.bool, device=dev)  # empty sites released once (never again)
+    seen = torch.zeros(B, N, dtype=torch.bool, device=dev)  # columns that were significant at some solve
     over_cap = torch.zeros(B, dtype=torch.long, device=dev)  # iterations in a row with a width past the cap
     for it in range(max_iter):
         # The preconditioner blocks settle after the first step (re-centred windows only change their truncated
@@ -666,7 +667,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # is then taken without the removed columns' part, from the re-rendered state (the acceptance test below
         # compares with the criterion of that state); such a frame does not stop in this iteration.
         new_empty, release, eta_score = _empty_sites(st, c0, blocks["cb"], g_eta, obj / npix, noise, types, n_types,
-                                                     empty, released, done)
+                                                     empty, released, done, seen)
         event = (new_empty | release).any(1)
         if bool(event.any()):
             empty = (empty | new_empty) & ~release
@@ -846,7 +847,7 @@ def _linear_solve(prob, st, empty, data_mean, noise, glob_free):
     return st
 
 
-def _empty_sites(st, c0, cb, g_eta, half_msr, noise, types, n_types, empty, released, done):
+def _empty_sites(st, c0, cb, g_eta, half_msr, noise, types, n_types, empty, released, done, seen):
     """Columns to remove as empty sites now, empty sites to restore (each (B, N) bool) and the score-test height
     of every removed column (B, N).
 
@@ -865,8 +866,10 @@ def _empty_sites(st, c0, cb, g_eta, half_msr, noise, types, n_types, empty, rele
     shapes (a vacancy or spurious start shrinking onto one noisy pixel, widening
     into the background, sliding onto a neighbour) ruined the damping of the whole frame: every column unconverged,
     or 100 slow iterations. A weak real column that stays put (a light column ~4 standard errors tall, say) is left
-    alone; so is a column while another one's centre lies within 2w of it (a dumbbell partner mid-way through the
-    iterations may explain its intensity for the moment). A removed one is reset to its start position and width.
+    alone; so is a column that was significant at an earlier solve, has not moved more than 2w and has a
+    significant column's centre within 2w (a dumbbell partner mid-way through the iterations may explain its
+    intensity for the moment; a start that was never significant, e.g. a spurious one next to a column, gets no
+    such cover). A removed one is reset to its start position and width.
     The test runs from the first solve on, before vacancies roam (letting them take one step first cost ~30 s
     instead of 0.5 s on a 15×15 lattice with 10 vacancy starts, as their windows grew); the price: a start width
     far off at very low dose can make a few real columns' first linear heights look insignificant (5·10² e⁻/Å²,
@@ -887,6 +890,7 @@ def _empty_sites(st, c0, cb, g_eta, half_msr, noise, types, n_types, empty, rele
         return torch.nan_to_num(torch.stack([fn(x[:, k]) for k in per_type], 1)[:, types], nan=fallback)
 
     significant = ~empty & (z_own >= _Z_EMPTY)
+    seen |= significant  # (in place: the caller's record)
     if st.width_mode == "individual":
         median = lambda v: v.nanmedian(dim=1).values  # noqa: E731
         width = over_type(rho, significant, median, 0.0)
@@ -912,16 +916,20 @@ def _empty_sites(st, c0, cb, g_eta, half_msr, noise, types, n_types, empty, rele
     # insignificant columns go even when they stay put (they would only steer the type's shared width)
     silent = torch.isinf(typical)
     new_empty = candidates & faint & ((z < _Z_NONE) | roams | silent)
-    if bool((new_empty & ~silent).any()):  # (a silent type's width says nothing: its columns go regardless)
-        new_empty &= silent | ~_covered(st.col, new_empty & ~silent, ~empty, width)
+    # a column that was significant before and fades only now, near its start, while a significant neighbour
+    # sits within 2w (a dumbbell partner mid-way through the iterations) is kept for now; a start that was never
+    # significant (a spurious start next to a column) or has drifted off gets no such cover
+    shielded = new_empty & seen & ~silent & (moved <= 2 * width)
+    if bool(shielded.any()):
+        new_empty &= ~_covered(st.col, shielded, significant, width)
     return new_empty, release, eta_score
 
 
 def _covered(col, which, present, width):
-    """Columns ``which`` (B, N) with another present column's centre within twice their type width: a neighbour
-    close to or on the site (e.g. the partner of a dumbbell, mid-way through the iterations) may explain its
-    intensity for the moment, so its low height says little about the site (the pair is reported collapsed if it
-    ends so)."""
+    """Columns ``which`` (B, N) with another ``present`` column's centre within twice their type width: a
+    neighbour close to or on the site (e.g. the partner of a dumbbell, mid-way through the iterations) may explain
+    its intensity for the moment, so its low height says little about the site (the pair is reported collapsed if
+    it ends so)."""
     out = torch.zeros_like(which)
     for b, n in which.nonzero().tolist():
         d = torch.hypot(col[b, :, M.CX] - col[b, n, M.CX], col[b, :, M.CY] - col[b, n, M.CY])
