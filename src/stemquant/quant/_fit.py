@@ -633,8 +633,21 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     col = torch.stack((c0[..., 0], c0[..., 1], eta0, rho0[:, None].expand(B, N)), dim=-1).contiguous()
     glob = torch.cat((zeta0[:, None], rho0[:, None].expand(B, n_types)), dim=1).contiguous()
     st = _State(col, glob, types, "individual" if width_mode == "individual" else "common")
+    lin = _Problem(prob.data, geom, mask, types, width_mode, "gaussian",
+                   torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=dt, device=dev),
+                   torch.cat((glob_free[:1], torch.zeros(n_types, dtype=dt, device=dev))))
+    prof, f = lin.model(st)
+    step_c, step_g, *_ = _solve_step(lin, st, prof, f, torch.zeros(B, dtype=dt, device=dev), cg_iter=50,
+                                       cg_tol=1e-3)
+    st.col += step_c
+    st.glob += step_g
+    if noise == "poisson":  # the likelihood needs f > 0 everywhere
+        # columns with a tiny or negative start height (false detections, vacancies not yet removed) start at a
+        # small positive height: at exactly 0 every other derivative of a column vanishes and its block is singular
+        floor = 1e-3 * st.col[..., M.ETA].amax(dim=1, keepdim=True).clamp(min=1e-12)
+        st.col[..., M.ETA] = torch.maximum(st.col[..., M.ETA], floor)
+        st.glob[:, 0].clamp_(min=1e-6 * float(data.mean()) + 1e-12)
     empty = torch.zeros(B, N, dtype=torch.bool, device=dev)  # empty sites: removed (height 0, nothing free)
-    st = _linear_solve(prob, st, empty, data.mean(), noise, glob_free)
 
     # Levenberg–Marquardt, one damping factor per frame.
     prof, f = prob.model(st)
@@ -666,8 +679,9 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # restored (at the start shape with the height of the score test, everything free). The step just solved
         # is then taken without the removed columns' part, from the re-rendered state (the acceptance test below
         # compares with the criterion of that state); such a frame does not stop in this iteration.
-        new_empty, release, eta_score = _empty_sites(st, c0, blocks["cb"], g_eta, obj / npix, noise, types, n_types,
-                                                     empty, released, done, seen)
+        new_empty, release, eta_score, significant = _empty_sites(st, c0, blocks["cb"], g_eta, obj / npix, noise,
+                                                                  types, n_types, empty, released, done, seen)
+        seen |= significant
         event = (new_empty | release).any(1)
         if bool(event.any()):
             empty = (empty | new_empty) & ~release
@@ -825,31 +839,9 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     }
 
 
-def _linear_solve(prob, st, empty, data_mean, noise, glob_free):
-    """Heights and background by linear least squares with positions and widths fixed (variable projection), the
-    heights of empty sites kept at 0; for Poisson, present heights and the background are then kept > 0."""
-    B, N = empty.shape
-    dt, dev = st.col.dtype, st.col.device
-    eta_free = torch.zeros(B, N, 4, dtype=dt, device=dev)
-    eta_free[..., M.ETA] = (~empty).to(dt)
-    lin = _Problem(prob.data, prob.geom, prob.mask, prob.types, prob.width_mode, "gaussian", eta_free,
-                   torch.cat((glob_free[..., :1], torch.zeros_like(glob_free[..., 1:])), -1))
-    prof, f = lin.model(st)
-    step_c, step_g, *_ = _solve_step(lin, st, prof, f, torch.zeros(B, dtype=dt, device=dev), cg_iter=50,
-                                       cg_tol=1e-3)
-    st = _State(st.col + step_c, st.glob + step_g, st.types, st.width_mode)
-    if noise == "poisson":  # the likelihood needs f > 0 everywhere
-        # columns with a tiny or negative height (false detections, vacancies not yet removed) start at a small
-        # positive height: at exactly 0 every other derivative of a column vanishes and its block is singular
-        floor = 1e-3 * st.col[..., M.ETA].amax(dim=1, keepdim=True).clamp(min=1e-12)
-        st.col[..., M.ETA] = torch.where(empty, 0.0, torch.maximum(st.col[..., M.ETA], floor))
-        st.glob[:, 0].clamp_(min=1e-6 * float(data_mean) + 1e-12)
-    return st
-
-
 def _empty_sites(st, c0, cb, g_eta, half_msr, noise, types, n_types, empty, released, done, seen):
-    """Columns to remove as empty sites now, empty sites to restore (each (B, N) bool) and the score-test height
-    of every removed column (B, N).
+    """Columns to remove as empty sites now, empty sites to restore (each (B, N) bool), the score-test height
+    of every removed column (B, N) and the columns significant now (for the caller's record ``seen``).
 
     Significance of a column: its height in standard errors, z = η·sqrt(F/σ²) (Wald test with the Fisher
     information of η alone, ``cb[..., η, η]``; σ² = 1 for Poisson, the mean squared residual 2·``half_msr`` for
@@ -890,7 +882,7 @@ def _empty_sites(st, c0, cb, g_eta, half_msr, noise, types, n_types, empty, rele
         return torch.nan_to_num(torch.stack([fn(x[:, k]) for k in per_type], 1)[:, types], nan=fallback)
 
     significant = ~empty & (z_own >= _Z_EMPTY)
-    seen |= significant  # (in place: the caller's record)
+    seen = seen | significant  # ``seen``: significant at an earlier solve (the caller records this one's)
     if st.width_mode == "individual":
         median = lambda v: v.nanmedian(dim=1).values  # noqa: E731
         width = over_type(rho, significant, median, 0.0)
@@ -902,12 +894,12 @@ def _empty_sites(st, c0, cb, g_eta, half_msr, noise, types, n_types, empty, rele
         width, ratio, z = rho, torch.ones_like(rho), z_own
     candidates = ~empty & live & (z < _Z_EMPTY)
     if not bool((candidates | empty).any()):  # the usual case: every column significant, none removed
-        return candidates, candidates, eta
+        return candidates, candidates, eta, significant
     eta_score = g_eta / fisher  # the height one Newton step from η = 0 (the column's shape at its start)
     z_score = eta_score * torch.sqrt(fisher / var)
     release = empty & ~released & live & (z_score >= _Z_RELEASE)
     if not bool(candidates.any()):
-        return candidates, release, eta_score
+        return candidates, release, eta_score, significant
     typical = over_type(eta, significant, lambda v: v.nanquantile(0.9, dim=1), math.inf)
     faint = eta < _EMPTY_SHARE * typical
     moved = torch.hypot(st.col[..., M.CX] - c0[..., 0], st.col[..., M.CY] - c0[..., 1])
@@ -922,7 +914,7 @@ def _empty_sites(st, c0, cb, g_eta, half_msr, noise, types, n_types, empty, rele
     shielded = new_empty & seen & ~silent & (moved <= 2 * width)
     if bool(shielded.any()):
         new_empty &= ~_covered(st.col, shielded, significant, width)
-    return new_empty, release, eta_score
+    return new_empty, release, eta_score, significant
 
 
 def _covered(col, which, present, width):
@@ -1227,19 +1219,16 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
                     types=types[k], device=st["col"].device, invalid="nan", pool=pool,
                 )
 
-        has_empty = empty.any(axis=1)
+        # empty sites are not in the fitted model (height 0, nothing free): the bounds are those of the model
+        # without them, and theirs are NaN (no estimate). Frames with the same empty sites (all frames of a sweep
+        # without any, or the same vacancy starts) share one batched call.
         cr = {k: np.full((B, N), np.nan) for k in ("x_crlb", "y_crlb", "scs_crlb")}
-        if not has_empty.all():
-            full = ~has_empty
-            for name, v in bounds(full, slice(None)).items():
-                cr[name][full] = v
-        for f in np.flatnonzero(has_empty):
-            # empty sites are not in the fitted model (height 0, nothing free): the bounds are those of the model
-            # without them, and theirs are NaN (no estimate)
-            k = ~empty[f]
+        masks, group = np.unique(empty, axis=0, return_inverse=True)
+        for g, m in enumerate(masks):
+            frames, k = group.reshape(-1) == g, ~m
             if k.any():
-                for name, v in bounds(slice(f, f + 1), k).items():
-                    cr[name][f, k] = v[0]
+                for name, v in bounds(frames, k).items():
+                    cr[name][np.ix_(frames, k)] = v
         bad = np.isnan(cr["x_crlb"]).all(axis=1) & ~empty.all(axis=1)
         retried = 0
         for f in np.flatnonzero(bad & conv.any(axis=1) & ~conv.all(axis=1)):
