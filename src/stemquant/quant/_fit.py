@@ -303,7 +303,7 @@ def fit_columns(
         outs = list(_progress(pool.map(fit, batches), show, len(batches)))
         st = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
         return _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types_arr, crlb, stack,
-                         pool, crlb_threads)
+                         pool, crlb_threads, max_iter)
 
 
 def _check_start_separation(pos3: np.ndarray, p: float) -> None:
@@ -1256,7 +1256,7 @@ def _preconditioner(cb, C, Gm0, lam, fc, fg, lo, dsrc=None):
 
 
 def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types, crlb, stack, pool,
-              crlb_threads) -> FitResult:
+              crlb_threads, max_iter) -> FitResult:
     col = st["col"].cpu().numpy()
     B, N, _ = col.shape
     x = (col[..., M.CX] + 0.5) * p
@@ -1322,6 +1322,11 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
                      "value, or a few columns far wider than all others) and the fit stopped: a start position with "
                      "no column under it (remove it), a start width far too small (give width_init [Å] near the "
                      "expected column width), or a few columns of a much wider kind (give them their own type).")
+        # frames still moving at max_iter (slow contraction along a flat direction; the stopping test allows for it)
+        slow = (st["n_iter"].cpu().numpy() >= max_iter) & ~too_wide & ~conv.all(1)
+        if slow.any():
+            hint += (f" {int(slow.sum())} frame(s) reached max_iter={max_iter} while their steps still contracted "
+                     "slowly (e.g. individual widths at low dose): raise max_iter, or fit common widths.")
         moved = f", {int(outside.sum())} of them moved outside the image" if outside.any() else ""
         if empty.any():
             moved += (f", {int(empty.sum())} of them empty sites (no significant column at the start position: a "
