@@ -563,6 +563,13 @@ class _Problem:
             m = mask.reshape(-1)
             self.const = (m * (torch.xlogy(data, data) - data)).view(geom.i0.shape[0], -1).sum(1)
 
+    def with_free(self, geom, col_free, glob_free):
+        """This problem with other windows and free-parameter flags (same data: the Poisson constant is kept)."""
+        out = copy.copy(self)
+        out.__dict__.pop("_lowp", None)  # the cached low-precision view holds the old flags
+        out.geom, out.col_free, out.glob_free = geom, col_free, glob_free
+        return out
+
     def lowp(self, lo):
         """A view of this problem with mask and free-parameter flags in dtype ``lo`` (cached per dtype)."""
         if lo == self.mask.dtype:
@@ -729,8 +736,8 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
             gfree = glob_free.expand(B, -1).clone()
             if width_mode == "common":
                 gfree[:, 1:] *= ((~empty).to(dt) @ type_onehot > 0).to(dt)
-            prob = _Problem(prob.data, M.make_geometry(st.col[..., M.CX], st.col[..., M.CY], prob.geom.h, (H, W),
-                                                       pad), mask, types, width_mode, noise, free, gfree)
+            prob = prob.with_free(M.make_geometry(st.col[..., M.CX], st.col[..., M.CY], prob.geom.h, (H, W), pad),
+                                  free, gfree)
             prof, f = prob.model(st)
             obj = prob.objective(f)
             blocks = None
@@ -739,7 +746,8 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # stopping test below, applied before the step) takes it unchecked and stops: evaluating so small a step
         # would only cost a render. Its criterion is then the predicted one (exact to third order in the step).
         unit = 1.0 if noise == "poisson" else 2 * obj / npix
-        settled = ~done & ~event & _small_step(share / unit, last_share) & (lam <= 1e-3)
+        s_k = share / unit  # the step's largest share in stopping units (tested here and after the step)
+        settled = ~done & ~event & _small_step(s_k, last_share) & (lam <= 1e-3)
         if bool(settled.any()):
             st.col = st.col + step_c * settled[:, None, None]
             st.glob = st.glob + step_g * settled[:, None]
@@ -781,7 +789,6 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # log-likelihood units for Poisson and in units of σ² (estimated from the residuals) for least squares. Per
         # column, so the test does not tighten with the number of columns. The relative-change test ends
         # noise-free fits.
-        s_k = share / unit
         small = (_small_step(s_k, last_share) | ((obj - tobj).abs() <= 1e-13 * (1 + obj.abs()))) & ~event
         # Newton steps converge quadratically: with step sizes t ∝ √share and t_k+1 ≈ C·t_k², C ≈ t_k / t_k-1², the
         # next step's share is ≈ s_k³ / s_k-1². After two accepted Newton steps in a row whose quadratic model held
