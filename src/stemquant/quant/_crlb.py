@@ -162,6 +162,7 @@ def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, 
     return out
 
 
+@torch.inference_mode()  # no autograd bookkeeping per operation (thread-local: on the per-frame worker)
 def _frame_crlb(c, r, e, zeta, shape, h, noise, sigma, width, background_free, t_col, n_types, dev):
     """Bounds of one frame in pixel and data units: (sd x, sd y, sd SCS), each shape (N,)."""
     f64 = dict(dtype=torch.float64, device=dev)
