@@ -254,12 +254,14 @@ def curvature_blocks(X: torch.Tensor, eta, rho) -> torch.Tensor:
     return S
 
 
-def column_blocks(geom: PatchGeometry, prof: Profiles, eta, rho, w_flat) -> torch.Tensor:
+def column_blocks(geom: PatchGeometry, prof: Profiles, eta, rho, w_flat, gradient: bool = False):
     """Per-column 4×4 blocks of JᵀWJ for (c_x, c_y, η, ρ_n), ignoring overlaps with other columns.
 
     Uses S[s, t] = Σ_ab W_ab (g_y² d_y^s)_a (g_x² d_x^t)_b, s, t = 0..4. Shape (B, N, 4, 4).
     ``w_flat=None`` means W = the 0/1 mask of real pixels, which is separable (rows × columns inside the image):
     then S is an outer product of 1-D sums and no window is gathered.
+    ``gradient=True`` (with ``w_flat``) also returns Jᵀw per column (B, N, 4), as :func:`vjp` with r = w, from the
+    same gathered windows (one window pass fewer).
     """
     gx, gy = prof.vx[..., 0, :], prof.vy[..., 0, :]
     # moments d^t g² from the stored profiles: g·d^t · g
@@ -271,6 +273,8 @@ def column_blocks(geom: PatchGeometry, prof: Profiles, eta, rho, w_flat) -> torc
     else:
         Wp = gather_patches(w_flat, geom)  # (B, N, P, P)
         S = (ey @ Wp) @ ex.transpose(-1, -2)  # (B, N, 5, 5)
+        if gradient:
+            gw = moments_gradient((prof.vy @ Wp) @ prof.vx.transpose(-1, -2), _coef(prof, eta, rho))
     a = eta / (rho * rho)
     b = eta / (rho * rho * rho)
     H = torch.empty(*eta.shape, 4, 4, dtype=eta.dtype, device=eta.device)
@@ -284,7 +288,7 @@ def column_blocks(geom: PatchGeometry, prof: Profiles, eta, rho, w_flat) -> torc
     H[..., RHO, CX] = H[..., CX, RHO] = a * b * (S[..., 0, 3] + S[..., 2, 1])
     H[..., RHO, CY] = H[..., CY, RHO] = a * b * (S[..., 1, 2] + S[..., 3, 0])
     H[..., RHO, RHO] = b * b * (S[..., 0, 4] + 2 * S[..., 2, 2] + S[..., 4, 0])
-    return H
+    return (H, gw) if gradient else H
 
 
 def inside_rows_cols(geom: PatchGeometry, dtype) -> tuple[torch.Tensor, torch.Tensor]:
