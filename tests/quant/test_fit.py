@@ -649,6 +649,33 @@ def test_newton_steps_reach_the_gauss_newton_optimum(noise, width, rng, monkeypa
     assert dx.max() < 0.03 and ds.max() < 0.03
 
 
+@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
+def test_windows_recentred_on_a_large_trial_step_give_the_same_fit(noise, rng, monkeypatch):
+    # Starts ~1 px off: the first step carries columns > 1 px from their windows' centres. The windows are then
+    # re-centred on the trial (whose render is the one on the new windows) instead of on the accepted state with a
+    # render of its own: one render fewer, and the same windows, model and fit as re-centring afterwards.
+    from stemquant.quant import _fit, _model
+
+    pos, shape = lattice(5)
+    img = gaussian_image(pos, 0.45, 0.05, 0.005, shape)
+    stack = rng.poisson(img * 5e3 * P * P, size=(3, *shape)) / (5e3 * P * P)
+    start = pos + rng.choice([-1.0, 1.0], pos.shape) * 0.2  # 1 px
+    renders = []
+    render = _model.render
+    monkeypatch.setattr(_model, "render", lambda *a: renders.append(1) or render(*a))
+    # (a start width a little wider than the true one: windows that must grow are re-cut after the step anyway)
+    kw = dict(dose=5e3, noise=noise, width_init=0.47, crlb=False, progress=False, workers=1)
+    merged = fit_columns(stack, start, P, **kw)
+    n_merged = len(renders)
+    monkeypatch.setattr(_fit, "_RECENTRE_SHARE", np.inf)
+    after = fit_columns(stack, start, P, **kw)
+    assert merged.converged.all() and after.converged.all()
+    assert n_merged < len(renders) - n_merged  # fails if the trial never re-centres the windows
+    np.testing.assert_allclose(merged.positions, after.positions, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(merged.scs, after.scs, rtol=1e-12)
+    assert (merged.n_iter == after.n_iter).all()
+
+
 def _dense_crlb(pos, rho, eta, bg, shape, dose, noise, sigma, width, bg_free, types):
     """Reference: dense full-image Jacobian (no windows) and a dense inverse of the Fisher matrix."""
     yy, xx = (np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5) * P

@@ -765,6 +765,19 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         step_c = step_c * (~done)[:, None, None]
         step_g = step_g * (~done)[:, None]
         trial = _State(st.col + step_c, st.glob + step_g, types, st.width_mode)
+        # A large step (every frame's largest share ≥ _RECENTRE_SHARE units, ≳ 1.4 statistical uncertainties) that
+        # carries a column > 1 px from its window's centre re-centres the windows on the trial: the trial render is
+        # then the render on the new windows, instead of a second render of the accepted state below (one render
+        # and criterion fewer per fit whenever the start is > ~0.5 px off). The criteria compared across the two
+        # windows differ by the re-cut 4-width tails, ≲ 0.2 units: negligible against such a step's decrease.
+        geom_before = None
+        if not bool(done.any()) and bool((s_k >= _RECENTRE_SHARE).all()):
+            g = prob.geom
+            far = torch.maximum((trial.col[..., M.CX] - (g.j0 + g.h)).abs(),
+                                (trial.col[..., M.CY] - (g.i0 + g.h)).abs())
+            if bool((far > 1.0).any()):
+                geom_before = g
+                prob.geom = M.make_geometry(trial.col[..., M.CX], trial.col[..., M.CY], g.h, (H, W), pad)
         tprof, tf = prob.model(trial)
         tobj = _guard(prob.objective(tf), trial)
         # Fisher scoring / Gauss–Newton can overshoot where the curvature model is poor (very low counts):
@@ -818,7 +831,12 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         done = done | (ok & small) | (lam > 1e12)
         obj = torch.where(ok, tobj, obj)
         # the model of the accepted state: the trial's where the step was taken (no new render)
-        if bool(ok.all()):
+        if geom_before is not None and not bool(ok.all()):  # a frame kept its state: back to its windows
+            prob.geom = geom_before
+            if bool(ok.any()):
+                prof, f = prob.model(st)
+                obj = prob.objective(f)
+        elif bool(ok.all()):
             prof, f = tprof, tf
         elif bool(ok.any()):
             okp = ok[:, None, None, None]
@@ -1016,6 +1034,10 @@ def _guard(obj, st: _State):
 
 # Truncated-Newton test of the CG solves: stop once iteration k adds at most this share of the decrease so far, /k.
 _CG_DECREASE_TOL = 0.25
+
+# A step re-centres the windows on its trial (instead of on the accepted state, with a render of its own) when every
+# frame's largest share is at least this many units (σ² for least squares, log-likelihood for Poisson).
+_RECENTRE_SHARE = 1.0
 
 # Empty sites (_empty_sites): a faint column below _Z_NONE standard errors is removed at once, one below _Z_EMPTY
 # when it also roams; _Z_EMPTY also defines the significant columns that set a type's width and typical height.
