@@ -226,32 +226,76 @@ def moments_gradient(X: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     return (Mm.reshape(*Mm.shape[:-2], 9) @ _moment_map(Mm).T) * coef
 
 
+def _curvature_maps() -> torch.Tensor:
+    """Constant (25, 7·16) map from the moments X (flattened 5×5, X[t, s] = Σ R g d_y^t d_x^s) to the 4×4 curvature
+    block per scale factor (1/ρ², 1/ρ³, η/ρ², η/ρ³, η/ρ⁴, η/ρ⁵, η/ρ⁶), see :func:`curvature_blocks`."""
+    m = torch.zeros(5, 5, 7, 4, 4, dtype=torch.float64)
+
+    def add(t, s, k, i, j, v=1.0):  # block (i, j) (and (j, i)) gets v · X[t, s] · scale k
+        m[t, s, k, i, j] += v
+        if i != j:
+            m[t, s, k, j, i] += v
+
+    I2, I3, EI2, EI3, EI4, EI5, EI6 = range(7)
+    add(0, 1, I2, ETA, CX)
+    add(1, 0, I2, ETA, CY)
+    add(0, 2, I3, ETA, RHO), add(2, 0, I3, ETA, RHO)
+    add(0, 2, EI4, CX, CX), add(0, 0, EI2, CX, CX, -1.0)
+    add(2, 0, EI4, CY, CY), add(0, 0, EI2, CY, CY, -1.0)
+    add(1, 1, EI4, CX, CY)
+    add(0, 3, EI5, CX, RHO), add(2, 1, EI5, CX, RHO), add(0, 1, EI3, CX, RHO, -2.0)
+    add(1, 2, EI5, CY, RHO), add(3, 0, EI5, CY, RHO), add(1, 0, EI3, CY, RHO, -2.0)
+    add(0, 4, EI6, RHO, RHO), add(2, 2, EI6, RHO, RHO, 2.0), add(4, 0, EI6, RHO, RHO)
+    add(0, 2, EI4, RHO, RHO, -3.0), add(2, 0, EI4, RHO, RHO, -3.0)
+    return m.reshape(25, 7 * 16)
+
+
 def curvature_blocks(X: torch.Tensor, eta, rho) -> torch.Tensor:
     """Per-column 4×4 blocks of Σ_p r_p ∇²f_p for (c_x, c_y, η, ρ_n), from residual moments X, shape (B, N, 4, 4).
 
     With g = exp(-(d_x² + d_y²)/2ρ²): ∂²g/∂c_x² = g(d_x²/ρ⁴ − 1/ρ²), ∂²g/∂c_x∂c_y = g d_x d_y/ρ⁴,
     ∂²g/∂c_x∂ρ = g d_x (d²/ρ⁵ − 2/ρ³), ∂²g/∂ρ² = g (d⁴/ρ⁶ − 3d²/ρ⁴) with d² = d_x² + d_y², and ∂²(ηg)/∂η∂θ = ∂g/∂θ.
+    Every entry is a sum of moments times one of 7 scale factors: one constant map (:func:`_curvature_maps`) and a
+    weighted sum instead of ~60 small indexing operations.
     """
     i1 = 1.0 / rho
     i2 = i1 * i1
-    i3, i4 = i2 * i1, i2 * i2
-    i5, i6 = i4 * i1, i4 * i2
+    ei2 = eta * i2
+    sc = torch.stack((i2, i2 * i1, ei2, ei2 * i1, ei2 * i2, ei2 * i2 * i1, ei2 * i2 * i2), dim=-1)  # (B, N, 7)
+    blocks = X[..., :5, :5].reshape(*X.shape[:-2], 25) @ _constant("curv", _curvature_maps, X)  # (B, N, 7·16)
+    return (sc.unsqueeze(-2) @ blocks.view(*blocks.shape[:-1], 7, 16)).view(*eta.shape, 4, 4)
 
-    def x(s, t):  # Σ R g d_x^s d_y^t
-        return X[..., t, s]
 
-    r2 = x(2, 0) + x(0, 2)
-    S = torch.zeros(*eta.shape, 4, 4, dtype=X.dtype, device=X.device)
-    S[..., ETA, CX] = S[..., CX, ETA] = x(1, 0) * i2
-    S[..., ETA, CY] = S[..., CY, ETA] = x(0, 1) * i2
-    S[..., ETA, RHO] = S[..., RHO, ETA] = r2 * i3
-    S[..., CX, CX] = eta * (x(2, 0) * i4 - x(0, 0) * i2)
-    S[..., CY, CY] = eta * (x(0, 2) * i4 - x(0, 0) * i2)
-    S[..., CX, CY] = S[..., CY, CX] = eta * x(1, 1) * i4
-    S[..., CX, RHO] = S[..., RHO, CX] = eta * ((x(3, 0) + x(1, 2)) * i5 - 2 * x(1, 0) * i3)
-    S[..., CY, RHO] = S[..., RHO, CY] = eta * ((x(2, 1) + x(0, 3)) * i5 - 2 * x(0, 1) * i3)
-    S[..., RHO, RHO] = eta * ((x(4, 0) + 2 * x(2, 2) + x(0, 4)) * i6 - 3 * r2 * i4)
-    return S
+def _column_map() -> torch.Tensor:
+    """Constant (25, 16) map from the moments S (flattened 5×5, S[s, t] = Σ W g_y² d_y^s g_x² d_x^t) to a column's
+    4×4 block of JᵀWJ before the derivative scales (a, a, 1, b) of rows and columns, see :func:`column_blocks`."""
+    m = torch.zeros(5, 5, 4, 4, dtype=torch.float64)
+
+    def add(s, t, i, j, v=1.0):
+        m[s, t, i, j] += v
+        if i != j:
+            m[s, t, j, i] += v
+
+    add(0, 0, ETA, ETA)
+    add(0, 1, ETA, CX), add(1, 0, ETA, CY)
+    add(0, 2, CX, CX), add(2, 0, CY, CY), add(1, 1, CX, CY)
+    add(0, 2, RHO, ETA), add(2, 0, RHO, ETA)
+    add(0, 3, RHO, CX), add(2, 1, RHO, CX)
+    add(1, 2, RHO, CY), add(3, 0, RHO, CY)
+    add(0, 4, RHO, RHO), add(2, 2, RHO, RHO, 2.0), add(4, 0, RHO, RHO)
+    return m.reshape(25, 16)
+
+
+_CONSTANTS: dict = {}
+
+
+def _constant(name, make, like: torch.Tensor) -> torch.Tensor:
+    """A constant tensor built by ``make()``, cached per dtype and device."""
+    key = (name, like.dtype, like.device)
+    m = _CONSTANTS.get(key)
+    if m is None:
+        m = _CONSTANTS[key] = make().to(dtype=like.dtype, device=like.device)
+    return m
 
 
 def column_blocks(geom: PatchGeometry, prof: Profiles, eta, rho, w_flat, gradient: bool = False):
@@ -275,19 +319,9 @@ def column_blocks(geom: PatchGeometry, prof: Profiles, eta, rho, w_flat, gradien
         S = (ey @ Wp) @ ex.transpose(-1, -2)  # (B, N, 5, 5)
         if gradient:
             gw = moments_gradient((prof.vy @ Wp) @ prof.vx.transpose(-1, -2), _coef(prof, eta, rho))
-    a = eta / (rho * rho)
-    b = eta / (rho * rho * rho)
-    H = torch.empty(*eta.shape, 4, 4, dtype=eta.dtype, device=eta.device)
-    H[..., ETA, ETA] = S[..., 0, 0]
-    H[..., ETA, CX] = H[..., CX, ETA] = a * S[..., 0, 1]
-    H[..., ETA, CY] = H[..., CY, ETA] = a * S[..., 1, 0]
-    H[..., CX, CX] = a * a * S[..., 0, 2]
-    H[..., CY, CY] = a * a * S[..., 2, 0]
-    H[..., CX, CY] = H[..., CY, CX] = a * a * S[..., 1, 1]
-    H[..., RHO, ETA] = H[..., ETA, RHO] = b * (S[..., 0, 2] + S[..., 2, 0])
-    H[..., RHO, CX] = H[..., CX, RHO] = a * b * (S[..., 0, 3] + S[..., 2, 1])
-    H[..., RHO, CY] = H[..., CY, RHO] = a * b * (S[..., 1, 2] + S[..., 3, 0])
-    H[..., RHO, RHO] = b * b * (S[..., 0, 4] + 2 * S[..., 2, 2] + S[..., 4, 0])
+    coef = _coef(prof, eta, rho)  # (a, a, 1, b): H_ij = coef_i coef_j (S @ map)_ij
+    H = (S.reshape(*S.shape[:-2], 25) @ _constant("col", _column_map, S)).view(*eta.shape, 4, 4)
+    H = H * (coef.unsqueeze(-1) * coef.unsqueeze(-2))
     return (H, gw) if gradient else H
 
 
