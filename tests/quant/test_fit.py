@@ -676,38 +676,6 @@ def test_windows_recentred_on_a_large_trial_step_give_the_same_fit(noise, rng, m
     assert (merged.n_iter == after.n_iter).all()
 
 
-@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
-def test_block_start_of_separated_columns_reaches_the_same_fit(noise, rng, monkeypatch):
-    # Columns 4.4 widths apart: the start heights come from one block-Jacobi solve (no render, no Hessian product)
-    # instead of CG. Both paths stop within ~0.013 CRLB of the optimum (see the Newton test above), so within 0.03
-    # of each other. Closer starts (here one pair 2.5 widths apart) keep the CG start.
-    from stemquant.quant import _fit
-
-    pos, shape = lattice(5)
-    dose = 5e3
-    img = gaussian_image(pos, 0.45, 0.05, 0.005, shape)
-    stack = rng.poisson(img * dose * P * P, size=(6, *shape)) / (dose * P * P)
-    start = pos + rng.normal(0, 0.05, pos.shape)
-    calls = []
-    solve = _fit._solve_step
-    monkeypatch.setattr(_fit, "_solve_step", lambda *a, **k: calls.append(k["cg_iter"]) or solve(*a, **k))
-    kw = dict(dose=dose, noise=noise, crlb=False, progress=False, workers=1)
-    block = fit_columns(stack, start, P, **kw)
-    assert 0 in calls  # the block start ran
-    calls.clear()
-    close = start.copy()
-    close[1] = close[0] + [1.1, 0.0]  # 2.5 widths from column 0
-    fit_columns(stack[:1], close, P, **kw)
-    assert 0 not in calls
-    monkeypatch.setattr(_fit, "_BLOCK_START_SEPARATION", np.inf)
-    cg = fit_columns(stack, start, P, **kw)
-    assert block.converged.all() and cg.converged.all()
-    cr = column_crlb(pos, 0.45, 0.05, 0.005, shape, P, dose)
-    dx = np.abs(block.positions - cg.positions) / cr[["x_crlb", "y_crlb"]].to_numpy()
-    ds = np.abs(block.scs - cg.scs) / cr["scs_crlb"].to_numpy()
-    assert dx.max() < 0.03 and ds.max() < 0.03
-
-
 def _dense_crlb(pos, rho, eta, bg, shape, dose, noise, sigma, width, bg_free, types):
     """Reference: dense full-image Jacobian (no windows) and a dense inverse of the Fisher matrix."""
     yy, xx = (np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5) * P

@@ -257,17 +257,13 @@ def fit_columns(
     # Everything below works in pixel units and data units (counts when scale = dose·p²).
     data_all = img3 * scale
     c0 = pos3 / p - 0.5  # (B, N, 2) pixel-centre coordinates
-    nn = _nearest_distances(c0)  # (B, N) [px]
     n_types = int(type_index.max()) + 1
     rho0 = (  # start width per frame and column type [px], (B, T)
         np.full((B, n_types), fixed_width / p)
         if fixed_width is not None
         else (np.full((B, n_types), width_init / p) if width_init is not None
-              else _estimate_width(data_all, c0, type_index, nn))
+              else _estimate_width(data_all, c0, type_index))
     )
-    # the block start (see _fit_batch) where the closest two start positions are ≥ _BLOCK_START_SEPARATION widths
-    # apart, per frame
-    block = nn.min(axis=1) >= _BLOCK_START_SEPARATION * rho0.max(axis=1)
     h = int(math.ceil(truncation * float(rho0.max())))
     # Frames per batch: on a CPU keep the window arrays cache-sized (larger batches were slower per column) and
     # split a stack into at least _MIN_CPU_BATCHES batches, so that up to that many worker threads share it
@@ -301,7 +297,6 @@ def fit_columns(
             fixed_bg=None if fixed_bg is None else fixed_bg * scale,
             max_iter=max_iter,
             truncation=truncation,
-            block_start=bool(block[sl].all()),
         )
 
     with _cpu_threads(num_threads if dev.type == "cpu" else None), _pool(n_workers) as pool:
@@ -476,28 +471,13 @@ def _check_types(types, n: int) -> np.ndarray:
     return t.astype(np.int64)
 
 
-def _nearest_distances(c0: np.ndarray) -> np.ndarray:
-    """Distance [px] from every start position to its nearest neighbour, shape (B, N) (inf for a single column);
-    one k-d tree for a set of positions broadcast over a stack."""
-    from scipy.spatial import cKDTree
-
-    B, N, _ = c0.shape
-    if N < 2:
-        return np.full((B, N), np.inf)
-    frames = c0[:1] if c0.strides[0] == 0 else c0
-    d = np.stack([cKDTree(c).query(c, k=2)[0][:, 1] for c in frames])
-    return np.broadcast_to(d, (B, N))
-
-
-def _estimate_width(data: np.ndarray, c0: np.ndarray, types: np.ndarray, nn: np.ndarray | None = None
-                    ) -> np.ndarray:
+def _estimate_width(data: np.ndarray, c0: np.ndarray, types: np.ndarray) -> np.ndarray:
     """Initial width per frame and column type [px], shape (B, T), from the volume-to-peak ratio of
     background-subtracted columns.
 
     For a Gaussian, volume / peak = 2πρ². The volume is summed over a disc of radius d_nn/2 around each column
-    (d_nn the median of the nearest-neighbour distances ``nn`` (B, N) [px], computed when not given, or 8 px for a
-    single column) on a lightly smoothed image (σ = 1 px, whose broadening is removed); the median over columns is
-    robust to neighbours and noise.
+    (d_nn the median nearest-neighbour distance of all columns, or 8 px for a single column) on a lightly smoothed
+    image (σ = 1 px, whose broadening is removed); the median over columns is robust to neighbours and noise.
 
     One start per column type where the types clearly differ: a single start for types of different widths (a
     checkerboard of columns 3× apart) left both far off, 8–15 iterations instead of 5. Otherwise all columns get
@@ -510,9 +490,9 @@ def _estimate_width(data: np.ndarray, c0: np.ndarray, types: np.ndarray, nn: np.
     where the joint start of 0.46 Å for all lost none). Clipped to [0.5 px, 0.4·d_nn].
     """
     from scipy.ndimage import gaussian_filter
+    from scipy.spatial import cKDTree
 
     B, H, W = data.shape
-    nn = _nearest_distances(c0) if nn is None else nn
     n_types = int(types.max()) + 1
     out = np.empty((B, n_types))
     # Medians over all columns, so that the start does not depend on the order of the positions (a subsample of
@@ -521,7 +501,7 @@ def _estimate_width(data: np.ndarray, c0: np.ndarray, types: np.ndarray, nn: np.
     # gives the background.
     for b in range(B):
         c = c0[b]
-        dnn = float(np.median(nn[b])) if len(c) > 1 else 16.0
+        dnn = float(np.median(cKDTree(c).query(c, k=2)[0][:, 1])) if len(c) > 1 else 16.0
         sm = gaussian_filter(data[b], 1.0)
         few = sm.ravel()[:: max(1, sm.size // 20000)]
         k = int(0.02 * (len(few) - 1))
@@ -663,10 +643,9 @@ class _Problem:
 # A fit issues ~3,000 small operations, so this is ~10 % of a 400-column fit (paired A/B in benchmarks/RESULTS.md).
 # It is thread-local, hence on the function each worker thread runs.
 @torch.inference_mode()
-def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, truncation, block_start=False):
+def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, truncation):
     """Fit one batch of frames: ``data`` (B, H, W) in data units, start positions ``c0`` (B, N, 2) [px], start
-    widths ``rho0`` (B, T) per frame and column type [px], ``types`` (N,) in 0..T-1. ``block_start``: the start
-    heights from one block-Jacobi solve (columns well separated, see _BLOCK_START_SEPARATION)."""
+    widths ``rho0`` (B, T) per frame and column type [px], ``types`` (N,) in 0..T-1."""
     B, H, W = data.shape
     N = c0.shape[1]
     dt, dev = data.dtype, data.device
@@ -681,40 +660,28 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     geom = M.make_geometry(c0[..., 0], c0[..., 1], h, (H, W), pad)
     prob = _Problem(dpad.reshape(-1), geom, mask, types, width_mode, noise, col_free, glob_free)
 
-    # Start: background from a low percentile, then a linear least-squares solve of (η, ζ) with positions and
-    # widths fixed (variable projection start).
+    # Start: background from a low percentile, heights from the image at the start pixel, then a linear
+    # least-squares solve of (η, ζ) with positions and widths fixed (variable projection start).
     flat = data.reshape(B, -1)
     if fixed_bg is None:  # 2nd percentile of a strided subsample: a start value only
         sub = flat[:, :: max(1, flat.shape[1] // 20000)]
         zeta0 = sub.kthvalue(max(1, int(0.02 * sub.shape[1])), dim=1).values
     else:
         zeta0 = torch.full((B,), fixed_bg, dtype=dt, device=dev)
+    ii = torch.clamp(torch.round(c0[..., 1]).long(), 0, H - 1)
+    jj = torch.clamp(torch.round(c0[..., 0]).long(), 0, W - 1)
+    eta0 = data[torch.arange(B, device=dev)[:, None], ii, jj] - zeta0[:, None]
+    eta0 = torch.clamp(eta0, min=1e-3 * torch.clamp(eta0.max(), min=1e-12))
     rho0c = rho0[:, types]  # per column (B, N)
-    lin = _Problem(prob.data, geom, mask, types, width_mode, "gaussian",
-                   torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=dt, device=dev),
-                   torch.cat((glob_free[:1], torch.zeros(n_types, dtype=dt, device=dev))))
-    if block_start:
-        # Columns ≥ _BLOCK_START_SEPARATION start widths apart (the closest pair): their profiles overlap by
-        # < ~5 %, so the block-Jacobi solution of the linear problem — per-column heights with the background's
-        # coupling exact (Schur complement) — is its solution up to those overlaps. From η = 0 it needs no render
-        # and no Hessian product; the first Gauss–Newton step takes up the overlaps.
-        eta0 = torch.zeros_like(rho0c)
-        cg_iter = 0
-    else:  # heights from the image at the start pixel, then CG (the residual test alone, 1e-2: a start value)
-        ii = torch.clamp(torch.round(c0[..., 1]).long(), 0, H - 1)
-        jj = torch.clamp(torch.round(c0[..., 0]).long(), 0, W - 1)
-        eta0 = data[torch.arange(B, device=dev)[:, None], ii, jj] - zeta0[:, None]
-        eta0 = torch.clamp(eta0, min=1e-3 * torch.clamp(eta0.max(), min=1e-12))
-        cg_iter = 50
     col = torch.stack((c0[..., 0], c0[..., 1], eta0, rho0c), dim=-1).contiguous()
     glob = torch.cat((zeta0[:, None], rho0), dim=1).contiguous()
     st = _State(col, glob, types, "individual" if width_mode == "individual" else "common")
-    if block_start:
-        prof = M.profiles(geom, st.col[..., M.CX], st.col[..., M.CY], st.rho())
-        f = (zeta0.view(-1, 1, 1) * mask).reshape(-1)
-    else:
-        prof, f = lin.model(st)
-    step_c, step_g, *_ = _solve_step(lin, st, prof, f, torch.zeros(B, dtype=dt, device=dev), cg_iter=cg_iter,
+    lin = _Problem(prob.data, geom, mask, types, width_mode, "gaussian",
+                   torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=dt, device=dev),
+                   torch.cat((glob_free[:1], torch.zeros(n_types, dtype=dt, device=dev))))
+    prof, f = lin.model(st)
+    # (a start value: the residual test alone, 1e-2, usually met after one CG iteration)
+    step_c, step_g, *_ = _solve_step(lin, st, prof, f, torch.zeros(B, dtype=dt, device=dev), cg_iter=50,
                                        cg_tol=1e-2, decrease_test=False)
     st.col += step_c
     st.glob += step_g
@@ -726,8 +693,8 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         st.glob[:, 0].clamp_(min=1e-6 * float(data.mean()) + 1e-12)
     empty = torch.zeros(B, N, dtype=torch.bool, device=dev)  # empty sites: removed (height 0, nothing free)
 
-    # Levenberg–Marquardt, one damping factor per frame. (Positions and widths are those of the start profiles.)
-    f = M.render(prob.geom, prof, st.col[..., M.ETA], st.glob[:, 0], prob.mask)
+    # Levenberg–Marquardt, one damping factor per frame.
+    prof, f = prob.model(st)
     obj = prob.objective(f)
     npix = float(H * W)
     lam = torch.full((B,), 1e-4, dtype=dt, device=dev)
@@ -1072,13 +1039,6 @@ _CG_DECREASE_TOL = 0.25
 # frame's largest share is at least this many units (σ² for least squares, log-likelihood for Poisson).
 _RECENTRE_SHARE = 1.0
 
-# Start heights from one block-Jacobi solve (no render, no Hessian product) when the closest two start positions
-# are at least this many start widths apart; otherwise from CG. The estimated start width is biased low where
-# columns overlap (its disc of radius d_nn/2 cuts their tails: 1.42 px for 2.25 px columns 2.7 widths apart, a
-# ratio of 3.5), so 4 estimated widths mean ≳ 3.6 true ones (profiles overlapping by ≲ 4 %). In that lattice
-# 2.7 widths apart the block start took 133-157 iterations in 2 of 10 frames, the CG start 23-35.
-_BLOCK_START_SEPARATION = 4.0
-
 # Empty sites (_empty_sites): a faint column below _Z_NONE standard errors is removed at once, one below _Z_EMPTY
 # when it also roams; _Z_EMPTY also defines the significant columns that set a type's width and typical height.
 _Z_NONE = 1.0
@@ -1232,9 +1192,6 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None, newton=
     rz = (res * z).sum(1)
     stop = cg_tol * cg_tol * rz
     q = torch.zeros_like(rz)  # decrease of the quadratic model so far, ½ Σ α rz
-    _it = -1
-    if cg_iter == 0:  # one preconditioner application: the block-Jacobi (+ Schur) solution, no Hessian product
-        x = z
     for _it in range(cg_iter):
         Hp = apply_H(pv)
         pHp = (pv * Hp).sum(1)
