@@ -676,6 +676,41 @@ def test_windows_recentred_on_a_large_trial_step_give_the_same_fit(noise, rng, m
     assert (merged.n_iter == after.n_iter).all()
 
 
+@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
+def test_float32_fit_matches_float64(noise, rng):
+    # dtype=float32 (the fast working precision on GPUs) is the same algorithm: both stop within ~0.013 CRLB of the
+    # optimum (see the Newton test), so within 0.03 of each other, and report the same criterion to float32
+    # rounding. (A Poisson constant clamped at 1e-300, which is 0 in float32, made every criterion inf.)
+    pos, shape = lattice(4)
+    dose = 5e3
+    img = gaussian_image(pos, 0.45, 0.05, 0.005, shape)
+    stack = rng.poisson(img * dose * P * P, size=(4, *shape)) / (dose * P * P)
+    start = pos + rng.normal(0, 0.05, pos.shape)
+    kw = dict(dose=dose, noise=noise, crlb=False, progress=False)
+    f64 = fit_columns(stack, start, P, **kw)
+    f32 = fit_columns(stack, start, P, dtype=torch.float32, **kw)
+    assert f64.converged.all() and f32.converged.all()
+    cr = column_crlb(pos, 0.45, 0.05, 0.005, shape, P, dose)
+    dx = np.abs(f32.positions - f64.positions) / cr[["x_crlb", "y_crlb"]].to_numpy()
+    ds = np.abs(f32.scs - f64.scs) / cr["scs_crlb"].to_numpy()
+    assert dx.max() < 0.03 and ds.max() < 0.03
+    assert np.all(np.abs(f32.objective / f64.objective - 1) < 1e-4)
+
+
+def test_a_fit_leaves_no_inference_tensors_behind():
+    # The fit runs in torch.inference_mode; the model's cached constants are built outside it, so the model
+    # functions still work with autograd afterwards (an inference tensor cannot be saved for backward).
+    from stemquant.quant import _model as M
+
+    pos, shape = lattice(3)
+    fit_columns(gaussian_image(pos, 0.45, 0.05, 0.005, shape), pos, P, crlb=False, progress=False)
+    assert not any(v.is_inference() for v in M._CONSTANTS.values())
+    for dt in (torch.float32, torch.float64):
+        X = torch.randn(1, 2, 5, 5, dtype=dt, requires_grad=True)
+        M.curvature_blocks(X, torch.ones(1, 2, dtype=dt), torch.full((1, 2), 2.0, dtype=dt)).sum().backward()
+        assert X.grad is not None and torch.isfinite(X.grad).all()
+
+
 def _dense_crlb(pos, rho, eta, bg, shape, dose, noise, sigma, width, bg_free, types):
     """Reference: dense full-image Jacobian (no windows) and a dense inverse of the Fisher matrix."""
     yy, xx = (np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5) * P

@@ -168,7 +168,8 @@ def fit_columns(
     num_threads : int or None
         Torch intra-op threads used on a CPU during the fit (restored afterwards); None keeps torch's setting.
         The kernels are many small operations: one thread was 10x faster than two on a loaded 2-core machine
-        (benchmarks/RESULTS.md); parallelise over frames or images instead.
+        (benchmarks/RESULTS.md); parallelise over frames or images instead. On an idle machine two threads fit a
+        single 400-column image 10–15 % faster (``benchmarks/fit_speed.py``).
     workers : int, optional
         Frame batches fitted concurrently on a CPU, each in its own thread with ``num_threads`` torch threads (torch
         releases the interpreter lock inside its kernels). Default: as many as the available cores allow
@@ -560,10 +561,11 @@ class _Problem:
         self.n_types = int(types.max()) + 1
         self.data_real = None
         if noise == "poisson":  # constant part of the half-deviance, Σ (d ln d − d) over the real pixels, once
-            # d ln d with 0 ln 0 = 0: for counts d ≥ 0 the clamped log equals xlogy (~5x slower); the zero padding
-            # adds nothing (``geom`` may still be that of an older padding here: no view of the real pixels)
+            # d ln d with 0 ln 0 = 0: for counts d ≥ 0 the log clamped at the dtype's smallest normal number equals
+            # xlogy (~5x slower; a fixed 1e-300 rounds to 0 in float32: 0·ln 0 = NaN); the zero padding adds
+            # nothing (``geom`` may still be that of an older padding here: no view of the real pixels)
             d = data.view(geom.i0.shape[0], -1)
-            self.const = (d * torch.log(torch.clamp(d, min=1e-300)) - d).sum(1)
+            self.const = (d * torch.log(torch.clamp(d, min=torch.finfo(d.dtype).tiny)) - d).sum(1)
 
     def with_free(self, geom, col_free, glob_free):
         """This problem with other windows and free-parameter flags (same data: the Poisson constant is kept)."""

@@ -113,15 +113,8 @@ _MAP = torch.zeros(4, 9, dtype=torch.float64)
 _MAP[CX, 1] = _MAP[CY, 3] = _MAP[ETA, 0] = _MAP[RHO, 2] = _MAP[RHO, 6] = 1.0
 
 
-_MAPS: dict = {}
-
-
 def _moment_map(like: torch.Tensor) -> torch.Tensor:
-    key = (like.dtype, like.device)
-    m = _MAPS.get(key)
-    if m is None:
-        m = _MAPS[key] = _MAP.to(dtype=like.dtype, device=like.device)
-    return m
+    return _constant("moments", lambda: _MAP, like)
 
 
 def coefficients(eta, rho) -> torch.Tensor:
@@ -290,11 +283,16 @@ _CONSTANTS: dict = {}
 
 
 def _constant(name, make, like: torch.Tensor) -> torch.Tensor:
-    """A constant tensor built by ``make()``, cached per dtype and device."""
+    """A constant tensor built by ``make()``, cached per dtype and device.
+
+    Built outside inference mode even when first asked for inside it (the fit runs in inference mode): an inference
+    tensor in the cache would break every later autograd use of these functions.
+    """
     key = (name, like.dtype, like.device)
     m = _CONSTANTS.get(key)
     if m is None:
-        m = _CONSTANTS[key] = make().to(dtype=like.dtype, device=like.device)
+        with torch.inference_mode(False):
+            m = _CONSTANTS[key] = make().to(dtype=like.dtype, device=like.device, copy=True)
     return m
 
 
@@ -304,8 +302,8 @@ def column_blocks(geom: PatchGeometry, prof: Profiles, eta, rho, w_flat, gradien
     Uses S[s, t] = Σ_ab W_ab (g_y² d_y^s)_a (g_x² d_x^t)_b, s, t = 0..4. Shape (B, N, 4, 4).
     ``w_flat=None`` means W = the 0/1 mask of real pixels, which is separable (rows × columns inside the image):
     then S is an outer product of 1-D sums and no window is gathered.
-    ``gradient=True`` (with ``w_flat``) also returns Jᵀw per column (B, N, 4), as :func:`vjp` with r = w, from the
-    same gathered windows (one window pass fewer).
+    ``gradient=True`` also returns Jᵀw per column (B, N, 4), as :func:`vjp` with r = w (the mask for
+    ``w_flat=None``), from the same gathered windows (one window pass fewer).
     """
     gx, gy = prof.vx[..., 0, :], prof.vy[..., 0, :]
     # moments d^t g² from the stored profiles: g·d^t · g
@@ -319,6 +317,8 @@ def column_blocks(geom: PatchGeometry, prof: Profiles, eta, rho, w_flat, gradien
         S = (ey @ Wp) @ ex.transpose(-1, -2)  # (B, N, 5, 5)
         if gradient:
             gw = moments_gradient((prof.vy @ Wp) @ prof.vx.transpose(-1, -2), _coef(prof, eta, rho))
+    if gradient and w_flat is None:
+        gw = mask_gradient(geom, prof, eta, rho)
     coef = _coef(prof, eta, rho)  # (a, a, 1, b): H_ij = coef_i coef_j (S @ map)_ij
     H = (S.reshape(*S.shape[:-2], 25) @ _constant("col", _column_map, S)).view(*eta.shape, 4, 4)
     H = H * (coef.unsqueeze(-1) * coef.unsqueeze(-2))
