@@ -566,12 +566,15 @@ class _Problem:
             # nothing (``geom`` may still be that of an older padding here: no view of the real pixels)
             d = data.view(geom.i0.shape[0], -1)
             self.const = (d * torch.log(torch.clamp(d, min=torch.finfo(d.dtype).tiny)) - d).sum(1)
+        self._lo_arrays = {}  # dtype -> (mask, data) converted once, shared with with_free copies (same data)
 
-    def with_free(self, geom, col_free, glob_free):
-        """This problem with other windows and free-parameter flags (same data: the Poisson constant is kept)."""
+    def with_free(self, geom, col_free, glob_free, noise=None):
+        """This problem with other windows, free-parameter flags or criterion (same data: the Poisson constant and
+        the low-precision data are kept)."""
         out = copy.copy(self)
         out.__dict__.pop("_lowp", None)  # the cached low-precision view holds the old flags
         out.geom, out.col_free, out.glob_free = geom, col_free, glob_free
+        out.noise = self.noise if noise is None else noise
         return out
 
     def lowp(self, lo):
@@ -583,8 +586,11 @@ class _Problem:
         if pl is None:
             pl = copy.copy(self)
             pl.__dict__.pop("_lowp", None)
-            pl.mask, pl.col_free, pl.glob_free = self.mask.to(lo), self.col_free.to(lo), self.glob_free.to(lo)
-            pl.data = self.data.to(lo)
+            arrays = self._lo_arrays.get(lo)
+            if arrays is None:
+                arrays = self._lo_arrays[lo] = (self.mask.to(lo), self.data.to(lo))
+            pl.mask, pl.data = arrays
+            pl.col_free, pl.glob_free = self.col_free.to(lo), self.glob_free.to(lo)
             cache[lo] = pl
         pl.geom = self.geom  # windows are re-centred during the fit
         return pl
@@ -610,7 +616,7 @@ class _Problem:
         # A pixel with f ≤ 0 makes the criterion +inf: there log f is −inf or NaN, so f − d·ln f is +inf or NaN
         # (also for d = 0: 0·(−inf) = NaN) and so is the sum — one pass instead of a clamp and a separate f ≤ 0 test
         out = (fr - d * torch.log(fr)).sum((1, 2)) + self.const
-        return torch.where(torch.isnan(out) | (out == math.inf), math.inf, out)
+        return torch.where(torch.isnan(out), math.inf, out)
 
     # --- J, Jᵀ restricted to the free parameters -------------------------------------------------------
     def expand(self, vcol, vglob):
@@ -678,9 +684,8 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     col = torch.stack((c0[..., 0], c0[..., 1], eta0, rho0c), dim=-1).contiguous()
     glob = torch.cat((zeta0[:, None], rho0), dim=1).contiguous()
     st = _State(col, glob, types, "individual" if width_mode == "individual" else "common")
-    lin = _Problem(prob.data, geom, mask, types, width_mode, "gaussian",
-                   torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=dt, device=dev),
-                   torch.cat((glob_free[:1], torch.zeros(n_types, dtype=dt, device=dev))))
+    lin = prob.with_free(geom, torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=dt, device=dev),
+                         torch.cat((glob_free[:1], torch.zeros(n_types, dtype=dt, device=dev))), noise="gaussian")
     prof, f = lin.model(st)
     # (a start value: the residual test alone, 1e-2, usually met after one CG iteration)
     step_c, step_g, *_ = _solve_step(lin, st, prof, f, torch.zeros(B, dtype=dt, device=dev), cg_iter=50,
@@ -775,12 +780,9 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # re-centring after the step: within 0.0045 CRLB in 15 of 16 review runs, the 16th better).
         geom_before = None
         if not bool(done.any()) and bool((s_k >= _RECENTRE_SHARE).all()):
-            g = prob.geom
-            far = torch.maximum((trial.col[..., M.CX] - (g.j0 + g.h)).abs(),
-                                (trial.col[..., M.CY] - (g.i0 + g.h)).abs())
-            if bool((far > 1.0).any()):
-                geom_before = g
-                prob.geom = M.make_geometry(trial.col[..., M.CX], trial.col[..., M.CY], g.h, (H, W), pad)
+            if bool((_off_centre(prob.geom, trial.col) > 1.0).any()):
+                geom_before = prob.geom
+                prob.geom = M.make_geometry(trial.col[..., M.CX], trial.col[..., M.CY], prob.geom.h, (H, W), pad)
         tprof, tf = prob.model(trial)
         tobj = _guard(prob.objective(tf), trial)
         # Fisher scoring / Gauss–Newton can overshoot where the curvature model is poor (very low counts):
@@ -850,8 +852,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # keep every Gaussian inside its window: re-centre/enlarge windows when columns move or widths grow (empty
         # sites have no Gaussian: with shared widths theirs is that of a type which may have no column left)
         rho = torch.where(empty, 0.0, st.rho())
-        moved = torch.maximum((st.col[..., M.CX] - (prob.geom.j0 + prob.geom.h)).abs(),
-                              (st.col[..., M.CY] - (prob.geom.i0 + prob.geom.h)).abs())
+        moved = _off_centre(prob.geom, st.col)
         # Widths that outgrow the padded margin (sized for 3x the widest start): the stack is re-padded for them
         # (twice the widest, never past _MAX_WIDTH_GROWTH x the widest start) and the fit goes on. If many columns
         # outgrew it (>= 10 %, or half of one column type), the start was poor — strongly overlapping columns defeat
@@ -1015,6 +1016,11 @@ def _reset_empty(col, new, c0, rho0c):
     sites)."""
     start = torch.cat((c0, torch.zeros_like(c0[..., :1]), rho0c[..., None]), -1)
     return torch.where(new[..., None], start, col)
+
+
+def _off_centre(geom, col):
+    """How far [px] each column (B, N) lies from the centre of its window (the larger of the x and y offsets)."""
+    return torch.maximum((col[..., M.CX] - (geom.j0 + geom.h)).abs(), (col[..., M.CY] - (geom.i0 + geom.h)).abs())
 
 
 def _small_step(s, s_prev):

@@ -219,15 +219,20 @@ def moments_gradient(X: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     return (Mm.reshape(*Mm.shape[:-2], 9) @ _moment_map(Mm).T) * coef
 
 
+def _add_symmetric(block: torch.Tensor, i: int, j: int, v: float) -> None:
+    """Add v to entry (i, j) of a 4×4 block, and to (j, i) off the diagonal (in place)."""
+    block[i, j] += v
+    if i != j:
+        block[j, i] += v
+
+
 def _curvature_maps() -> torch.Tensor:
     """Constant (25, 7·16) map from the moments X (flattened 5×5, X[t, s] = Σ R g d_y^t d_x^s) to the 4×4 curvature
     block per scale factor (1/ρ², 1/ρ³, η/ρ², η/ρ³, η/ρ⁴, η/ρ⁵, η/ρ⁶), see :func:`curvature_blocks`."""
     m = torch.zeros(5, 5, 7, 4, 4, dtype=torch.float64)
 
     def add(t, s, k, i, j, v=1.0):  # block (i, j) (and (j, i)) gets v · X[t, s] · scale k
-        m[t, s, k, i, j] += v
-        if i != j:
-            m[t, s, k, j, i] += v
+        _add_symmetric(m[t, s, k], i, j, v)
 
     I2, I3, EI2, EI3, EI4, EI5, EI6 = range(7)
     add(0, 1, I2, ETA, CX)
@@ -264,10 +269,8 @@ def _column_map() -> torch.Tensor:
     4×4 block of JᵀWJ before the derivative scales (a, a, 1, b) of rows and columns, see :func:`column_blocks`."""
     m = torch.zeros(5, 5, 4, 4, dtype=torch.float64)
 
-    def add(s, t, i, j, v=1.0):
-        m[s, t, i, j] += v
-        if i != j:
-            m[s, t, j, i] += v
+    def add(s, t, i, j, v=1.0):  # block (i, j) (and (j, i)) gets v · S[s, t]
+        _add_symmetric(m[s, t], i, j, v)
 
     add(0, 0, ETA, ETA)
     add(0, 1, ETA, CX), add(1, 0, ETA, CY)
