@@ -187,6 +187,7 @@ def main(argv=None):
     fit_columns(x, start, P, crlb=False, num_threads=2)  # warm-up
     tb = {k: [] for k in JAC}
     tf = {c: np.full((R, len(frames), 2), np.inf) for c in cases}  # (round, frame, wall/CPU)
+    last_fit = {}  # case -> the last fit (for its error and iterations)
     for r in range(R):
         for kind in JAC:
             t0, c0 = time.perf_counter(), time.process_time()
@@ -195,10 +196,9 @@ def main(argv=None):
         for noise, threads in cases:
             for i, f in enumerate(frames):
                 t0, c0 = time.perf_counter(), time.process_time()
-                fit = fit_columns(f, start, P, dose=DOSE, noise=noise, crlb=False, num_threads=threads)
+                last_fit[noise, threads] = fit_columns(f, start, P, dose=DOSE, noise=noise, crlb=False,
+                                                       num_threads=threads)
                 tf[noise, threads][r, i] = time.perf_counter() - t0, time.process_time() - c0
-                last = fit
-            tf[noise, threads, "fit"] = last
     base = {}  # baseline -> (wall s, CPU s)
     for kind in JAC:
         t_b, c_b = min(v[0] for v in tb[kind]), min(v[1] for v in tb[kind])
@@ -210,7 +210,7 @@ def main(argv=None):
     for noise, threads in cases:
         best = tf[noise, threads].min(axis=0)  # (frame, wall/CPU)
         t, c = float(best[:, 0].mean()), float(best[:, 1].mean())
-        fit = tf[noise, threads, "fit"]
+        fit = last_fit[noise, threads]
         err = np.mean(np.hypot(*(fit.positions - pos).T))
         label = "" if threads == 1 else f", num_threads={threads} (both cores; baseline on one)"
         print(f"  stemquant fit_columns noise={noise}{label}: {t * 1e3:.0f} ms = {rate(400, t):.0f} col/s "
