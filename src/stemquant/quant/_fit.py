@@ -684,14 +684,9 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     col = torch.stack((c0[..., 0], c0[..., 1], eta0, rho0c), dim=-1).contiguous()
     glob = torch.cat((zeta0[:, None], rho0), dim=1).contiguous()
     st = _State(col, glob, types, "individual" if width_mode == "individual" else "common")
-    lin = prob.with_free(geom, torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=dt, device=dev),
-                         torch.cat((glob_free[:1], torch.zeros(n_types, dtype=dt, device=dev))), noise="gaussian")
-    prof, f = lin.model(st)
-    # (a start value: the residual test alone, 1e-2, usually met after one CG iteration)
-    step_c, step_g, *_ = _solve_step(lin, st, prof, f, torch.zeros(B, dtype=dt, device=dev), cg_iter=50,
-                                       cg_tol=1e-2, decrease_test=False)
-    st.col += step_c
-    st.glob += step_g
+    step_eta, step_zeta = _linear_start(prob, st, fit_background=fixed_bg is None)
+    st.col[..., M.ETA] += step_eta
+    st.glob[:, 0] += step_zeta
     if noise == "poisson":  # the likelihood needs f > 0 everywhere
         # columns with a tiny or negative start height (false detections, vacancies not yet removed) start at a
         # small positive height: at exactly 0 every other derivative of a column vanishes and its block is singular
@@ -1233,6 +1228,70 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None, newton=
     # largest share of one column (or one global parameter) in the predicted decrease: the stopping test
     share = torch.maximum((0.5 * xc * gcol).sum(-1).abs().amax(1), (0.5 * xg * gglob).abs().amax(1))
     return xc, xg, pred, blocks, share, _it + 1, newton, graw[..., M.ETA].to(dt)
+
+
+def _linear_start(prob, st, *, fit_background: bool, cg_iter: int = 50, cg_tol: float = 1e-2):
+    """Start step of the heights (B, N) and background (B,) towards their least-squares values with positions and
+    widths fixed (the variable projection start): conjugate gradients on the normal equations of (η, ζ), from the
+    current state, preconditioned by the heights' diagonal and the background's Schur complement — the
+    preconditioner of :func:`_solve_step` with only η and ζ free — and stopped by the residual test alone (a start
+    value: ``cg_tol`` = 1e-2 is usually met after one iteration; stopping early also keeps the heights of nearly
+    coincident starts sane, which an exact solve of the ill-conditioned system would not).
+
+    The least-squares matrix of the heights is Σ gₙgₘ over the real pixels, which ``_model.height_gram`` gives from
+    1-D sums for every pair of overlapping windows: no render and no image-space product, only one gather of the data
+    (Jᵀd). Runs in float32, as the CG iterations of :func:`_solve_step`.
+    """
+    geom = prob.geom
+    B, N = geom.i0.shape
+    lo = torch.float32 if prob.data.dtype == torch.float64 else prob.data.dtype
+    pl = prob.lowp(lo)
+    prof = M.profiles(geom, st.col[..., M.CX], st.col[..., M.CY], st.rho())
+    vy, vx = prof.vy[..., :1, :].to(lo), prof.vx[..., :1, :].to(lo)
+    diag, off, u = M.height_gram(geom, M.Profiles(vx, vy))
+    n, m = M.overlap_pairs(geom)
+    n_real = float(geom.shape[0] * geom.shape[1])
+    zf = 1.0 if fit_background else 0.0
+    eta, zeta = st.col[..., M.ETA].to(lo), st.glob[:, 0].to(lo)
+
+    def hess(v, vz):  # (Σₘ Γₙₘ vₘ + uₙ v_ζ, Σₙ uₙ vₙ + H·W v_ζ)
+        vf = v.reshape(-1)
+        hv = (diag * v).reshape(-1).index_add(0, n, off * vf[m]).index_add(0, m, off * vf[n]).view(B, N)
+        return hv + u * vz[:, None], ((u * v).sum(1) + n_real * vz) * zf
+
+    jd = ((vy @ M.gather_patches(pl.data, geom)) @ vx.transpose(-1, -2))[..., 0, 0]  # Jᵀd (data zero on padding)
+    h_eta, h_z = hess(eta, zeta)
+    res, res_z = jd - h_eta, (pl.data.view(B, -1).sum(1) - h_z) * zf  # the gradient at the current state
+    # preconditioner: 1/Γₙₙ (with the tiny ridge of _arrow_schur) and the background's Schur complement
+    inv = 1.0 / (diag + 1e-12 * torch.clamp(diag, min=1.0))
+    k = u * inv * zf
+    schur = (n_real - (u * k).sum(1)) * zf + (1.0 - zf)
+    s_inv = 1.0 / (schur + 1e-12 * schur.abs())
+
+    def precond(r, rz_):
+        y = r * inv
+        z_z = s_inv * (rz_ - (u * y).sum(1) * zf) * zf
+        return y - k * z_z[:, None], z_z
+
+    x, x_z = torch.zeros_like(res), torch.zeros_like(res_z)
+    z, z_z = precond(res, res_z)
+    p, p_z = z, z_z
+    rz = (res * z).sum(1) + res_z * z_z
+    stop = cg_tol * cg_tol * rz
+    for _ in range(cg_iter):
+        hp, hp_z = hess(p, p_z)
+        php = (p * hp).sum(1) + p_z * hp_z
+        alpha = torch.where(php > 0, rz / torch.where(php > 0, php, 1), 0.0)
+        x, x_z = x + alpha[:, None] * p, x_z + alpha * p_z
+        res, res_z = res - alpha[:, None] * hp, res_z - alpha * hp_z
+        z, z_z = precond(res, res_z)
+        rz_new = (res * z).sum(1) + res_z * z_z
+        if bool((rz_new <= stop).all()):
+            break
+        beta = torch.where(rz > 0, rz_new / torch.where(rz > 0, rz, 1), 0.0)
+        p, p_z = z + beta[:, None] * p, z_z + beta * p_z
+        rz = rz_new
+    return x.to(st.col.dtype), x_z.to(st.col.dtype)
 
 
 def _own_width_coupling(prob, cb, C, Gm0):

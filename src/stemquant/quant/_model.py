@@ -19,8 +19,9 @@ neglected tail is ≤ exp(-8) ≈ 3·10⁻⁴ of the peak height along the axes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 # Parameter slots of a column: position x, position y, height η, width ρ.
@@ -47,6 +48,8 @@ class PatchGeometry:
         Flat index of each window's first pixel (``index[..., 0, 0]``), for strided gathers.
     rows, cols : Tensor, shape (B, N, P)
         Pixel-centre coordinates (unpadded) of the window rows/columns [px].
+    pairs : Tensor, shape (2, K), or None
+        Cache of :func:`overlap_pairs` (filled on first use).
     """
 
     h: int
@@ -58,6 +61,7 @@ class PatchGeometry:
     start: torch.Tensor
     rows: torch.Tensor
     cols: torch.Tensor
+    pairs: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def padded_shape(self) -> tuple[int, int]:
@@ -351,3 +355,61 @@ def _square_moments(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     # g d³ · g = (g d)(g d²), g d⁴ · g = (g d²)²
     hi = v[..., 2:3, :] * v[..., 1:3, :]
     return torch.cat((gv, hi), dim=-2)
+
+
+def overlap_pairs(geom: PatchGeometry) -> torch.Tensor:
+    """Pairs of columns of the same frame whose windows overlap, as flat column indices b·N + n, shape (2, K), first
+    index < second. Cached on ``geom``.
+
+    A k-d tree (Chebyshev metric) on the windows' first pixels finds them: windows of P pixels overlap when their
+    starts differ by < P in both directions. Frames with the same windows share one search.
+    """
+    if geom.pairs is not None:
+        return geom.pairs
+    from scipy.spatial import cKDTree
+
+    B, N = geom.i0.shape
+    P = 2 * geom.h + 1
+    starts = torch.stack((geom.i0, geom.j0), -1).cpu().numpy()
+    out, last, found = [], None, None
+    for b in range(B):
+        if last is None or not np.array_equal(starts[b], last):
+            last = starts[b]
+            found = cKDTree(last).query_pairs(P - 1, p=np.inf, output_type="ndarray").T
+        out.append(found + b * N)
+    pairs = np.concatenate(out, axis=1) if out else np.zeros((2, 0), dtype=np.int64)
+    geom.pairs = torch.as_tensor(pairs.astype(np.int64), device=geom.i0.device)
+    return geom.pairs
+
+
+def _shifted(v: torch.Tensor, first: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rows ``v[first]`` (K, P) of ``v`` (M, P) read ``shift`` (K,) pixels later, zero past their ends:
+    out[k, a] = v[first_k, a + shift_k] (|shift| < P). One strided ``index_select`` on a zero-padded copy."""
+    P = v.shape[-1]
+    flat = torch.nn.functional.pad(v, (P, P)).reshape(-1)  # row r: P zeros, v[r], P zeros
+    windows = flat.as_strided((flat.numel() - P + 1, P), (1, 1), flat.storage_offset())
+    return windows.index_select(0, first * (3 * P) + P + shift)
+
+
+def height_gram(geom: PatchGeometry, prof: Profiles) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The height part of JᵀWJ for W = the real-pixel mask: Σ gₙ² per column (B, N), Σ gₙgₘ for every pair of
+    :func:`overlap_pairs` (K,), and Jᵀ·mask = Σ gₙ per column (B, N) (the coupling with the background).
+
+    Why: a round Gaussian is g_y ⊗ g_x on its window and the mask is rows × columns, so every such sum is a product of
+    two 1-D sums over the rows and the columns both windows share inside the image — no window pass, where an
+    image-space product (scatter J·v, gather Jᵀ) reads and writes every window pixel.
+    """
+    B, N = geom.i0.shape
+    P = 2 * geom.h + 1
+    n, m = overlap_pairs(geom)
+    rv, cv = inside_rows_cols(geom, prof.vx.dtype)
+    sums = []
+    for g, inside, start in ((prof.vy[..., 0, :], rv, geom.i0), (prof.vx[..., 0, :], cv, geom.j0)):
+        g = g.reshape(B * N, P)
+        gin = g * inside.reshape(B * N, P)
+        start = start.reshape(-1)
+        # column m's profile on n's pixels: pixel a of n's window is pixel a + (start_n - start_m) of m's window
+        cross = (gin.index_select(0, n) * _shifted(g, m, start[n] - start[m])).sum(-1)
+        sums.append(((gin * g).sum(-1), cross, gin.sum(-1)))
+    (dy, cy, sy), (dx, cx, sx) = sums
+    return (dy * dx).view(B, N), cy * cx, (sy * sx).view(B, N)
