@@ -194,15 +194,11 @@ def _frame_crlb(c, r, e, zeta, shape, h, noise, sigma, width, background_free, t
 
 
 def _overlapping_pairs(geom: M.PatchGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """Unordered pairs (m <= n, including m = n) of columns whose windows overlap: the non-zero blocks of F."""
-    from scipy.spatial import cKDTree
-
-    ij = np.stack((geom.i0[0].cpu().numpy(), geom.j0[0].cpu().numpy()), -1).astype(float)
-    n = len(ij)
-    pairs = cKDTree(ij).query_pairs(2 * geom.h + 0.5, p=np.inf, output_type="ndarray").reshape(-1, 2)
-    pm = np.concatenate((np.arange(n), pairs.min(1)))
-    pn = np.concatenate((np.arange(n), pairs.max(1)))
-    return pm, pn
+    """Unordered pairs (m <= n, including m = n) of columns whose windows overlap: the non-zero blocks of F
+    (one frame)."""
+    pairs = M.overlap_pairs(geom).cpu().numpy()
+    n = geom.i0.shape[1]
+    return np.concatenate((np.arange(n), pairs[0])), np.concatenate((np.arange(n), pairs[1]))
 
 
 # Derivative of column n with respect to its (c_x, c_y, η, ρ) as a sum of the separable terms

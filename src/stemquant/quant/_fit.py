@@ -909,9 +909,10 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         & (moved < 4 * rho0c)
         & ~empty
     )
-    resid = ((prob.data - f) * mask.reshape(-1)).view(B, -1)
+    # noise variance of the least-squares bounds: the criterion is ½Σ(d − f)² over the real pixels (no second pass
+    # over the image); Poisson bounds need none
     dof = max(1, H * W - int(4 * N + 2))
-    sigma2 = (resid * resid).sum(1) / dof
+    sigma2 = 2 * obj / dof if noise == "gaussian" else torch.full_like(obj, math.nan)
     return {
         "col": torch.cat((st.col[..., :3], torch.where(empty, rho0c, rho)[..., None]), dim=-1),
         "zeta": st.glob[:, 0],
