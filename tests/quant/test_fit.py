@@ -677,6 +677,37 @@ def test_windows_recentred_on_a_large_trial_step_give_the_same_fit(noise, rng, m
 
 
 @pytest.mark.parametrize("noise", ["gaussian", "poisson"])
+def test_last_newton_step_taken_unchecked_reports_the_true_criterion(noise, rng, monkeypatch):
+    # A Newton step that follows one whose quadratic model held, and whose predicted next share already meets the
+    # stop, is the last: it is taken without a render and the criterion reported is the predicted one. Its error is
+    # third order in a tiny step: far below 0.01 (log-likelihood units, or σ² for least squares), i.e. 1/50 of the
+    # change a 1-CRLB move of one parameter makes (0.5).
+    from stemquant.quant import _fit, _model
+
+    pos, shape = lattice(5)
+    dose = 1e4
+    img = gaussian_image(pos, 0.45, 0.05, 0.005, shape)
+    counts = rng.poisson(img * dose * P * P)
+    start = pos + rng.normal(0, 0.05, pos.shape)
+    events = []
+    render, solve = _model.render, _fit._solve_step
+    monkeypatch.setattr(_model, "render", lambda *a: events.append("render") or render(*a))
+    monkeypatch.setattr(_fit, "_solve_step", lambda *a, **k: events.append("solve") or solve(*a, **k))
+    # truncation 6: the windowed model equals the dense one below (tails < exp(-18) of a peak)
+    fit = fit_columns(counts / (dose * P * P), start, P, dose=dose, noise=noise, truncation=6.0, crlb=False)
+    assert fit.converged.all()
+    assert events[-1] == "solve"  # the last step was not rendered (fails without the rule: its trial render)
+    f = gaussian_image(fit.positions, fit.widths, fit.heights, fit.background, shape) * dose * P * P
+    if noise == "poisson":
+        true = np.sum(f - counts + np.where(counts > 0, counts * np.log(np.maximum(counts, 1) / f), 0.0))
+        unit = 1.0
+    else:
+        true = 0.5 * np.sum((counts - f) ** 2)
+        unit = 2 * true / counts.size
+    assert abs(float(fit.objective) - true) < 0.01 * unit
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
 def test_float32_fit_matches_float64(noise, rng):
     # dtype=float32 (the fast working precision on GPUs) is the same algorithm: both stop within ~0.013 CRLB of the
     # optimum (see the Newton test), so within 0.03 of each other, and report the same criterion to float32

@@ -100,3 +100,24 @@ def test_mask_weighted_blocks_and_gradient_are_separable():
     m = mask.reshape(-1)
     torch.testing.assert_close(M.column_blocks(geom, prof, eta, rho, None), M.column_blocks(geom, prof, eta, rho, m))
     torch.testing.assert_close(M.mask_gradient(geom, prof, eta, rho), M.vjp(geom, prof, eta, rho, m, None)[0])
+
+
+def test_height_gram_matches_dense_gram_of_rendered_columns():
+    """Σ gₙgₘ over the real pixels from 1-D overlap sums, for every pair of overlapping windows (windows sticking
+    out of the image, different windows per frame): the Gram matrix of the columns rendered one by one."""
+    geom, mask, cx, cy, eta, rho, zeta, g = _setup(N=9)
+    B, N = cx.shape
+    prof = M.profiles(geom, cx, cy, rho)
+    zero = torch.zeros(B, dtype=torch.float64)
+    cols = torch.stack([M.render(geom, prof, torch.eye(N, dtype=torch.float64)[n].expand(B, N), zero, mask)
+                        .view(B, -1) * mask.view(B, -1) for n in range(N)], 1)  # (B, N, pixels)
+    dense = cols @ cols.transpose(1, 2)
+    diag, off, u = M.height_gram(geom, prof)
+    n, m = M.overlap_pairs(geom)
+    assert bool((n // N == m // N).all()) and bool((n < m).all())  # pairs of one frame, each once
+    full = torch.zeros(B * N, B * N, dtype=torch.float64)
+    full[n, m] = off
+    full = full + full.T + torch.diag(diag.reshape(-1))
+    blocks = torch.stack([full[b * N:(b + 1) * N, b * N:(b + 1) * N] for b in range(B)])
+    torch.testing.assert_close(blocks, dense, rtol=1e-12, atol=1e-12)  # pairs not listed do not overlap: 0
+    torch.testing.assert_close(u, cols.sum(-1))

@@ -767,6 +767,13 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         unit = 1.0 if noise == "poisson" else 2 * obj / npix
         s_k = share / unit  # the step's largest share in stopping units (tested here and after the step)
         settled = ~done & ~event & _small_step(s_k, last_share) & (lam <= 1e-3)
+        # Likewise the last step of a quadratically converging frame: a Newton step right after one whose quadratic
+        # model held (``quad_share`` finite, see the stop below) and that already meets that stop's prediction
+        # before it is taken (next share ≤ 1/10 of the stopping threshold) is the frame's last. Its model error is
+        # third order in a step ≥ 10x shorter than the one whose model just held: it is taken unchecked, one render
+        # and criterion fewer per fit (the check after the step used to confirm what this predicts).
+        settled |= (~done & ~event & took_newton & (lam <= 1e-3) & torch.isfinite(quad_share)
+                    & (s_k <= 0.01 * quad_share) & (10 * s_k**3 <= _STOP_SHARE * quad_share**2))
         if bool(settled.any()):
             st.col = st.col + step_c * settled[:, None, None]
             st.glob = st.glob + step_g * settled[:, None]
