@@ -215,7 +215,8 @@ def fit_columns(
     pos = check_positions(positions, (H, W), p, batch=B)
     pos3 = np.broadcast_to(pos if pos.ndim == 3 else pos[None], (B, *pos.shape[-2:]))
     N = pos3.shape[1]
-    _check_start_separation(pos3, p)
+    c0 = pos3 / p - 0.5  # (B, N, 2) pixel-centre coordinates
+    spacing = _start_spacing(c0, p, shared=pos3.strides[0] == 0)  # refuses starts < 1 px apart
     fixed_width = None
     if isinstance(width, str):
         if width not in _WIDTH_MODES:
@@ -257,13 +258,12 @@ def fit_columns(
 
     # Everything below works in pixel units and data units (counts when scale = dose·p²).
     data_all = img3 * scale
-    c0 = pos3 / p - 0.5  # (B, N, 2) pixel-centre coordinates
     n_types = int(type_index.max()) + 1
     rho0 = (  # start width per frame and column type [px], (B, T)
         np.full((B, n_types), fixed_width / p)
         if fixed_width is not None
         else (np.full((B, n_types), width_init / p) if width_init is not None
-              else _estimate_width(data_all, c0, type_index))
+              else _estimate_width(data_all, c0, type_index, spacing))
     )
     h = int(math.ceil(truncation * float(rho0.max())))
     # Frames per batch: on a CPU keep the window arrays cache-sized (larger batches were slower per column) and
@@ -307,22 +307,33 @@ def fit_columns(
                          pool, crlb_threads, max_iter)
 
 
-def _check_start_separation(pos3: np.ndarray, p: float) -> None:
-    """Refuse start positions less than one pixel apart: two Gaussians on one column split its SCS between them
-    (and the fit cannot tell them apart), so every count downstream would be wrong."""
+def _start_spacing(c0: np.ndarray, p: float, shared: bool) -> np.ndarray:
+    """Median nearest-neighbour distance of the start positions ``c0`` (B, N, 2) [px] per frame, shape (B,) (16 px
+    for a single column), from one k-d tree per frame (one for a stack that shares its starts), which also refuses
+    starts less than one pixel apart: two Gaussians on one column split its SCS between them (and the fit cannot tell
+    them apart), so every count downstream would be wrong."""
     from scipy.spatial import cKDTree
 
-    frames = pos3[:1] if pos3.strides[0] == 0 else pos3  # one set broadcast over the stack: check it once
-    for b, pos in enumerate(frames):
-        pairs = cKDTree(pos).query_pairs(p, output_type="ndarray")
-        if len(pairs):
+    B, N = c0.shape[:2]
+    out = np.full(B, 16.0)
+    if N < 2:
+        return out
+    for b in range(1 if shared else B):
+        tree = cKDTree(c0[b])
+        d = tree.query(c0[b], k=2)[0][:, 1]
+        if d.min() <= 1.0:
+            pairs = tree.query_pairs(1.0, output_type="ndarray")
             i, j = pairs[0]
-            d = float(np.hypot(*(pos[i] - pos[j])))
-            where = f" in frame {b}" if len(frames) > 1 else ""
+            where = f" in frame {b}" if B > 1 and not shared else ""
             raise ValueError(
                 f"{len(pairs)} pair(s) of start positions lie less than one pixel ({p:g} Å) apart{where}, e.g. "
-                f"columns {i} and {j} ({d:.3g} Å): duplicate rows? Remove one of each pair (remove_columns)"
+                f"columns {i} and {j} ({float(np.hypot(*(c0[b, i] - c0[b, j]))) * p:.3g} Å): duplicate rows? Remove "
+                "one of each pair (remove_columns)"
             )
+        out[b] = np.median(d)
+    if shared:
+        out[:] = out[0]
+    return out
 
 
 def _collapsed(x: np.ndarray, y: np.ndarray, rho: np.ndarray) -> np.ndarray:
@@ -472,12 +483,14 @@ def _check_types(types, n: int) -> np.ndarray:
     return t.astype(np.int64)
 
 
-def _estimate_width(data: np.ndarray, c0: np.ndarray, types: np.ndarray) -> np.ndarray:
+def _estimate_width(data: np.ndarray, c0: np.ndarray, types: np.ndarray, spacing: np.ndarray | None = None
+                    ) -> np.ndarray:
     """Initial width per frame and column type [px], shape (B, T), from the volume-to-peak ratio of
     background-subtracted columns.
 
     For a Gaussian, volume / peak = 2πρ². The volume is summed over a disc of radius d_nn/2 around each column
-    (d_nn the median nearest-neighbour distance of all columns, or 8 px for a single column) on a lightly smoothed
+    (d_nn the median nearest-neighbour distance of all columns, ``spacing`` (B,) [px] from :func:`_start_spacing`
+    when given, or 8 px for a single column) on a lightly smoothed
     image (σ = 1 px, whose broadening is removed); the median over columns is robust to neighbours and noise.
 
     One start per column type where the types clearly differ: a single start for types of different widths (a
@@ -491,9 +504,10 @@ def _estimate_width(data: np.ndarray, c0: np.ndarray, types: np.ndarray) -> np.n
     where the joint start of 0.46 Å for all lost none). Clipped to [0.5 px, 0.4·d_nn].
     """
     from scipy.ndimage import gaussian_filter
-    from scipy.spatial import cKDTree
 
     B, H, W = data.shape
+    if spacing is None:
+        spacing = _start_spacing(c0, 1.0, shared=False)
     n_types = int(types.max()) + 1
     out = np.empty((B, n_types))
     # Medians over all columns, so that the start does not depend on the order of the positions (a subsample of
@@ -502,7 +516,7 @@ def _estimate_width(data: np.ndarray, c0: np.ndarray, types: np.ndarray) -> np.n
     # gives the background.
     for b in range(B):
         c = c0[b]
-        dnn = float(np.median(cKDTree(c).query(c, k=2)[0][:, 1])) if len(c) > 1 else 16.0
+        dnn = float(spacing[b])
         sm = gaussian_filter(data[b], 1.0)
         few = sm.ravel()[:: max(1, sm.size // 20000)]
         k = int(0.02 * (len(few) - 1))
