@@ -559,6 +559,8 @@ class _State:
     def rho(self):
         if self.width_mode == "individual":
             return self.col[..., M.RHO]
+        if self.glob.shape[1] == 2:  # one column type: a view of its width (no gather; read-only)
+            return self.glob[:, 1:].expand(-1, self.col.shape[1])
         return self.glob[:, 1:][:, self.types]
 
     def copy(self):
