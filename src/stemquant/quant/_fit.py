@@ -216,7 +216,7 @@ def fit_columns(
     pos3 = np.broadcast_to(pos if pos.ndim == 3 else pos[None], (B, *pos.shape[-2:]))
     N = pos3.shape[1]
     c0 = pos3 / p - 0.5  # (B, N, 2) pixel-centre coordinates
-    spacing = _start_spacing(c0, p, shared=pos3.strides[0] == 0)  # refuses starts < 1 px apart
+    spacing = _start_spacing(c0, shared=pos3.strides[0] == 0, pixel_size=p)  # refuses starts < 1 px apart
     fixed_width = None
     if isinstance(width, str):
         if width not in _WIDTH_MODES:
@@ -307,11 +307,13 @@ def fit_columns(
                          pool, crlb_threads, max_iter)
 
 
-def _start_spacing(c0: np.ndarray, p: float, shared: bool) -> np.ndarray:
+def _start_spacing(c0: np.ndarray, shared: bool, pixel_size: float | None = None) -> np.ndarray:
     """Median nearest-neighbour distance of the start positions ``c0`` (B, N, 2) [px] per frame, shape (B,) (16 px
-    for a single column), from one k-d tree per frame (one for a stack that shares its starts), which also refuses
-    starts less than one pixel apart: two Gaussians on one column split its SCS between them (and the fit cannot tell
-    them apart), so every count downstream would be wrong."""
+    for a single column), from one k-d tree per frame (one for a stack that shares its starts).
+
+    With ``pixel_size`` [Å] it also refuses starts less than one pixel apart: two Gaussians on one column split its
+    SCS between them (and the fit cannot tell them apart), so every count downstream would be wrong.
+    """
     from scipy.spatial import cKDTree
 
     B, N = c0.shape[:2]
@@ -321,14 +323,14 @@ def _start_spacing(c0: np.ndarray, p: float, shared: bool) -> np.ndarray:
     for b in range(1 if shared else B):
         tree = cKDTree(c0[b])
         d = tree.query(c0[b], k=2)[0][:, 1]
-        if d.min() <= 1.0:
-            pairs = tree.query_pairs(1.0, output_type="ndarray")
+        if pixel_size is not None and d.min() < 1.0:
+            pairs = tree.query_pairs(np.nextafter(1.0, 0.0), output_type="ndarray")  # closer than 1 px
             i, j = pairs[0]
             where = f" in frame {b}" if B > 1 and not shared else ""
             raise ValueError(
-                f"{len(pairs)} pair(s) of start positions lie less than one pixel ({p:g} Å) apart{where}, e.g. "
-                f"columns {i} and {j} ({float(np.hypot(*(c0[b, i] - c0[b, j]))) * p:.3g} Å): duplicate rows? Remove "
-                "one of each pair (remove_columns)"
+                f"{len(pairs)} pair(s) of start positions lie less than one pixel ({pixel_size:g} Å) apart{where}, "
+                f"e.g. columns {i} and {j} ({float(np.hypot(*(c0[b, i] - c0[b, j]))) * pixel_size:.3g} Å): "
+                "duplicate rows? Remove one of each pair (remove_columns)"
             )
         out[b] = np.median(d)
     if shared:
@@ -490,7 +492,7 @@ def _estimate_width(data: np.ndarray, c0: np.ndarray, types: np.ndarray, spacing
 
     For a Gaussian, volume / peak = 2πρ². The volume is summed over a disc of radius d_nn/2 around each column
     (d_nn the median nearest-neighbour distance of all columns, ``spacing`` (B,) [px] from :func:`_start_spacing`
-    when given, or 8 px for a single column) on a lightly smoothed
+    when given; 16 px, a disc of radius 8 px, for a single column) on a lightly smoothed
     image (σ = 1 px, whose broadening is removed); the median over columns is robust to neighbours and noise.
 
     One start per column type where the types clearly differ: a single start for types of different widths (a
@@ -507,7 +509,7 @@ def _estimate_width(data: np.ndarray, c0: np.ndarray, types: np.ndarray, spacing
 
     B, H, W = data.shape
     if spacing is None:
-        spacing = _start_spacing(c0, 1.0, shared=False)
+        spacing = _start_spacing(c0, shared=False)
     n_types = int(types.max()) + 1
     out = np.empty((B, n_types))
     # Medians over all columns, so that the start does not depend on the order of the positions (a subsample of
@@ -587,8 +589,9 @@ class _Problem:
         self.n_types = int(types.max()) + 1
         self.data_real = None
         # Poisson: the constant part of the half-deviance (:func:`_poisson_constant`), given for the same data
-        self.const = const if const is not None or noise != "poisson" else _poisson_constant(data.view(
-            geom.i0.shape[0], -1))
+        if noise == "poisson" and const is None:
+            const = _poisson_constant(data.view(geom.i0.shape[0], -1))
+        self.const = const
         self._lo_arrays = {}  # dtype -> (mask, data) converted once, shared with with_free copies (same data)
 
     def with_free(self, geom, col_free, glob_free, noise=None):
@@ -788,8 +791,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # before it is taken (next share ≤ 1/10 of the stopping threshold) is the frame's last. Its model error is
         # third order in a step ≥ 10x shorter than the one whose model just held: it is taken unchecked, one render
         # and criterion fewer per fit (the check after the step used to confirm what this predicts).
-        settled |= (~done & ~event & took_newton & (lam <= 1e-3) & torch.isfinite(quad_share)
-                    & (s_k <= 0.01 * quad_share) & (10 * s_k**3 <= _STOP_SHARE * quad_share**2))
+        settled |= ~done & ~event & took_newton & (lam <= 1e-3) & _quadratic_stop(s_k, quad_share)
         if bool(settled.any()):
             st.col = st.col + step_c * settled[:, None, None]
             st.glob = st.glob + step_g * settled[:, None]
@@ -849,8 +851,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # predicted next share is 10x below the stopping threshold stops now instead of solving for that step (one
         # solve of ~5 per fit).
         held = ok & took_newton & (gain > 0.8) & (gain < 1.25) & ~event
-        small |= (held & torch.isfinite(quad_share) & (s_k <= 0.01 * quad_share)
-                  & (10 * s_k**3 <= _STOP_SHARE * quad_share**2))
+        small |= held & _quadratic_stop(s_k, quad_share)
         quad_share = torch.where(held, s_k, math.inf)
         last_share = torch.where(event, math.inf, torch.where(ok, s_k, last_share))
         n_iter += (~done).long()
@@ -1053,6 +1054,13 @@ def _off_centre(geom, col):
     return torch.maximum((col[..., M.CX] - (geom.j0 + geom.h)).abs(), (col[..., M.CY] - (geom.i0 + geom.h)).abs())
 
 
+def _quadratic_stop(s, s_prev):
+    """Newton's quadratic convergence predicts the next step's largest share ≤ 1/10 of the stopping threshold:
+    the share ``s`` contracted > 100x from ``s_prev`` (the last accepted Newton step whose quadratic model held;
+    inf for none) and s³/s_prev² ≤ _STOP_SHARE / 10 (step sizes t ∝ √share, t_k+1 ≈ C·t_k², C ≈ t_k / t_k-1²)."""
+    return torch.isfinite(s_prev) & (s <= 0.01 * s_prev) & (10 * s**3 <= _STOP_SHARE * s_prev**2)
+
+
 def _small_step(s, s_prev):
     """The stopping test of a step whose largest share is ``s`` (stopping units, (B,)) after an accepted step of
     share ``s_prev``: the step moves every column by < 1e-2 of its statistical uncertainty (s ≤ _STOP_SHARE), and
@@ -1224,45 +1232,20 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None, newton=
         return torch.cat(((y - (K @ zg[:, None, :, None])[..., 0]).reshape(B, nc), zg), 1)
 
     g = torch.cat((gcol.reshape(B, nc), gglob), 1)
-    x = torch.zeros_like(g)
-    res = g.clone()
-    z = precond(res)
-    pv = z
-    rz = (res * z).sum(1)
-    stop = cg_tol * cg_tol * rz
-    q = torch.zeros_like(rz)  # decrease of the quadratic model so far, ½ Σ α rz
-    for _it in range(cg_iter):
-        Hp = apply_H(pv)
-        pHp = (pv * Hp).sum(1)
-        indefinite = newton & ((rz < 0) | ((pHp <= 0) & (rz > 0)))
-        if use_newton and bool(indefinite.any()):
-            # the Newton Hessian of these frames is not positive definite (far from the optimum, or a column
-            # fading to zero height): they take the Gauss–Newton step instead, always a descent direction
-            return _solve_step(prob, st, prof, f, lam, cg_iter=cg_iter, cg_tol=cg_tol, blocks=blocks,
-                               newton=newton & ~indefinite, decrease_test=decrease_test)
-        alpha = torch.where(pHp > 0, rz / torch.where(pHp > 0, pHp, 1), 0.0)[:, None]
-        x.addcmul_(alpha, pv)
-        res.addcmul_(alpha, Hp, value=-1.0)
-        z = precond(res)
-        rz_new = (res * z).sum(1)
-        gain = 0.5 * alpha[:, 0] * rz
-        q = q + gain
-        # Stop when the preconditioned residual is small AND the last iteration added little to the model's
-        # decrease (Nash & Sofer's truncated-Newton test, k·gain_k ≤ τ·q_k): a preconditioner that misjudges one
-        # strongly coupled direction (e.g. individual widths of overlapping columns of very different widths)
-        # shrinks the first residual by orders of magnitude in one step and fooled the residual test alone.
-        if bool(((rz_new <= stop) & (((_it + 1) * gain <= _CG_DECREASE_TOL * q) | (not decrease_test))).all()):
-            break
-        beta = torch.where(rz > 0, rz_new / torch.where(rz > 0, rz, 1), 0.0)[:, None]
-        pv = torch.addcmul(z, beta, pv)
-        rz = rz_new
+    x, n_it, indefinite = _pcg(g, apply_H, precond, cg_iter=cg_iter, cg_tol=cg_tol, decrease_test=decrease_test,
+                               newton=newton if use_newton else None)
+    if indefinite is not None:
+        # the Newton Hessian of these frames is not positive definite (far from the optimum, or a column fading to
+        # zero height): they take the Gauss–Newton step instead, always a descent direction
+        return _solve_step(prob, st, prof, f, lam, cg_iter=cg_iter, cg_tol=cg_tol, blocks=blocks,
+                           newton=newton & ~indefinite, decrease_test=decrease_test)
     xc, xg = split(x)
     xc, xg = xc.to(dt), xg.to(dt)
     gcol, gglob = gcol.to(dt), gglob.to(dt)
     pred = 0.5 * ((xc * gcol).sum((1, 2)) + (xg * gglob).sum(1))
     # largest share of one column (or one global parameter) in the predicted decrease: the stopping test
     share = torch.maximum((0.5 * xc * gcol).sum(-1).abs().amax(1), (0.5 * xg * gglob).abs().amax(1))
-    return xc, xg, pred, blocks, share, _it + 1, newton, graw[..., M.ETA].to(dt)
+    return xc, xg, pred, blocks, share, n_it, newton, graw[..., M.ETA].to(dt)
 
 
 def _linear_start(prob, st, prof, *, fit_background: bool, cg_iter: int = 50, cg_tol: float = 1e-2):
@@ -1289,44 +1272,68 @@ def _linear_start(prob, st, prof, *, fit_background: bool, cg_iter: int = 50, cg
     zf = 1.0 if fit_background else 0.0
     eta, zeta = st.col[..., M.ETA].to(lo), st.glob[:, 0].to(lo)
 
-    def hess(v, vz):  # (Σₘ Γₙₘ vₘ + uₙ v_ζ, Σₙ uₙ vₙ + H·W v_ζ)
-        vf = v.reshape(-1)
-        hv = (diag * v).reshape(-1).index_add(0, n, off * vf[m]).index_add(0, m, off * vf[n]).view(B, N)
-        return hv + u * vz[:, None], ((u * v).sum(1) + n_real * vz) * zf
+    def hess(v):  # v = (η, ζ) (B, N + 1) -> (Σₘ Γₙₘ ηₘ + uₙ ζ, Σₙ uₙ ηₙ + H·W ζ)
+        ve, vz = v[:, :N], v[:, N]
+        vf = ve.reshape(-1)
+        hv = (diag * ve).reshape(-1).index_add(0, n, off * vf[m]).index_add(0, m, off * vf[n]).view(B, N)
+        return torch.cat((hv + u * vz[:, None], (((u * ve).sum(1) + n_real * vz) * zf)[:, None]), 1)
 
     jd = ((vy @ M.gather_patches(pl.data, geom)) @ vx.transpose(-1, -2))[..., 0, 0]  # Jᵀd (data zero on padding)
-    h_eta, h_z = hess(eta, zeta)
-    res, res_z = jd - h_eta, (pl.data.view(B, -1).sum(1) - h_z) * zf  # the gradient at the current state
+    h = hess(torch.cat((eta, zeta[:, None]), 1))
+    res = torch.cat((jd - h[:, :N], ((pl.data.view(B, -1).sum(1) - h[:, N]) * zf)[:, None]), 1)  # the gradient
     # preconditioner: 1/Γₙₙ (with the tiny ridge of _arrow_schur) and the background's Schur complement
     inv = 1.0 / (diag + 1e-12 * torch.clamp(diag, min=1.0))
     k = u * inv * zf
     schur = (n_real - (u * k).sum(1)) * zf + (1.0 - zf)
     s_inv = 1.0 / (schur + 1e-12 * schur.abs())
 
-    def precond(r, rz_):
-        y = r * inv
-        z_z = s_inv * (rz_ - (u * y).sum(1) * zf) * zf
-        return y - k * z_z[:, None], z_z
+    def precond(r):
+        y = r[:, :N] * inv
+        z_z = s_inv * (r[:, N] - (u * y).sum(1) * zf) * zf
+        return torch.cat((y - k * z_z[:, None], z_z[:, None]), 1)
 
-    x, x_z = torch.zeros_like(res), torch.zeros_like(res_z)
-    z, z_z = precond(res, res_z)
-    p, p_z = z, z_z
-    rz = (res * z).sum(1) + res_z * z_z
+    x = _pcg(res, hess, precond, cg_iter=cg_iter, cg_tol=cg_tol, decrease_test=False)[0].to(st.col.dtype)
+    return x[:, :N], x[:, N]
+
+
+def _pcg(g, apply_H, precond, *, cg_iter: int, cg_tol: float, decrease_test: bool = True, newton=None):
+    """Preconditioned conjugate gradients for H x = g, batched over frames (rows of ``g``, shape (B, n)), from x = 0.
+
+    Stops when every frame's preconditioned residual rᵀM⁻¹r is ≤ ``cg_tol``² of its start AND (``decrease_test``)
+    the last iteration added little to the quadratic model's decrease (Nash & Sofer's truncated-Newton test,
+    k·gain_k ≤ τ·q_k): a preconditioner that misjudges one strongly coupled direction (e.g. individual widths of
+    overlapping columns of very different widths) shrinks the first residual by orders of magnitude in one step and
+    fooled the residual test alone. Returns (x, iterations, None), or (None, iterations, frames) as soon as a
+    frame flagged in ``newton`` (bool (B,)) meets non-positive curvature (its Newton Hessian is not positive
+    definite).
+    """
+    x = torch.zeros_like(g)
+    res = g.clone()
+    z = precond(res)
+    pv = z
+    rz = (res * z).sum(1)
     stop = cg_tol * cg_tol * rz
-    for _ in range(cg_iter):
-        hp, hp_z = hess(p, p_z)
-        php = (p * hp).sum(1) + p_z * hp_z
-        alpha = torch.where(php > 0, rz / torch.where(php > 0, php, 1), 0.0)
-        x, x_z = x + alpha[:, None] * p, x_z + alpha * p_z
-        res, res_z = res - alpha[:, None] * hp, res_z - alpha * hp_z
-        z, z_z = precond(res, res_z)
-        rz_new = (res * z).sum(1) + res_z * z_z
-        if bool((rz_new <= stop).all()):
+    q = torch.zeros_like(rz)  # decrease of the quadratic model so far, ½ Σ α rz
+    for it in range(cg_iter):
+        Hp = apply_H(pv)
+        pHp = (pv * Hp).sum(1)
+        if newton is not None:
+            indefinite = newton & ((rz < 0) | ((pHp <= 0) & (rz > 0)))
+            if bool(indefinite.any()):
+                return None, it + 1, indefinite
+        alpha = torch.where(pHp > 0, rz / torch.where(pHp > 0, pHp, 1), 0.0)[:, None]
+        x.addcmul_(alpha, pv)
+        res.addcmul_(alpha, Hp, value=-1.0)
+        z = precond(res)
+        rz_new = (res * z).sum(1)
+        gain = 0.5 * alpha[:, 0] * rz
+        q = q + gain
+        if bool(((rz_new <= stop) & (((it + 1) * gain <= _CG_DECREASE_TOL * q) | (not decrease_test))).all()):
             break
-        beta = torch.where(rz > 0, rz_new / torch.where(rz > 0, rz, 1), 0.0)
-        p, p_z = z + beta[:, None] * p, z_z + beta * p_z
+        beta = torch.where(rz > 0, rz_new / torch.where(rz > 0, rz, 1), 0.0)[:, None]
+        pv = torch.addcmul(z, beta, pv)
         rz = rz_new
-    return x.to(st.col.dtype), x_z.to(st.col.dtype)
+    return x, it + 1, None
 
 
 def _own_width_coupling(prob, cb, C, Gm0):
