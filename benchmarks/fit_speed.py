@@ -217,9 +217,10 @@ def main(argv=None):
               f"-> {ratios(base, t, c)} (MAE {err:.4f} Å, iterations {int(fit.n_iter)})")
         # paired per round: the plain baseline's CPU time over this case's mean CPU time per frame in the same round
         # (both within ~2 s of each other, so a speed phase of the VM weighs on both)
-        paired = np.array([tb["plain"][r][1] / tf[noise, threads][r, :, 1].mean() for r in range(R)])
-        print(f"    paired per round (CPU, plain baseline): median {np.median(paired):.1f}x, range "
-              f"{paired.min():.1f}-{paired.max():.1f}x over {R} rounds")
+        for k, what in ((1, "CPU"), (0, "wall")):
+            paired = np.array([tb["plain"][r][k] / tf[noise, threads][r, :, k].mean() for r in range(R)])
+            print(f"    paired per round ({what}, plain baseline): median {np.median(paired):.1f}x, range "
+                  f"{paired.min():.1f}-{paired.max():.1f}x over {R} rounds")
     t, _, fit = best_of(lambda: fit_columns(x, start, P, dose=DOSE, noise="poisson", crlb=True), R)
     print(f"  with CRLB of every column: {t * 1e3:.0f} ms")
 
