@@ -250,16 +250,15 @@ def _fisher_blocks(geom, prof, c, r, e, w, pm, pn):
 
     P = 2 * geom.h + 1
     rows, cols = geom.rows[0], geom.cols[0]  # (N, P) pixel centres of m's window
-    i0n, j0n = geom.i0[0][nb], geom.j0[0][nb]  # (N, D)
 
-    def partner_profile(coord, centre, start):
-        """Profile g of each partner n on m's pixels, zero outside n's own window (and for padding slots)."""
-        d = coord[:, None, :] - centre[..., None]  # (N, D, P)
-        inside = (coord[:, None, :] >= start[..., None]) & (coord[:, None, :] <= (start + 2 * geom.h)[..., None])
-        return torch.exp(-d * d * (0.5 / (r[nb] ** 2))[..., None]) * (inside & valid[..., None])
+    def partner_profile(g, start):
+        """Profile g (N, P) of each partner n on m's pixels, zero outside n's own window (and for padding slots):
+        pixel a of m's window is pixel a + (start_m − start_n) of n's."""
+        shift = torch.where(valid, start[:, None] - start[nb], 0)
+        return M.shifted_rows(g, nb.reshape(-1), shift.reshape(-1)).view(N, D, P) * valid[..., None]
 
-    Gy = prof.vy[0][:, None, 0, :] * partner_profile(rows, c[nb, 1], i0n)  # g_m g_n along y, (N, D, P)
-    Gx = prof.vx[0][:, None, 0, :] * partner_profile(cols, c[nb, 0], j0n)
+    Gy = prof.vy[0][:, None, 0, :] * partner_profile(prof.vy[0][:, 0, :], geom.i0[0])  # g_m g_n along y, (N, D, P)
+    Gx = prof.vx[0][:, None, 0, :] * partner_profile(prof.vx[0][:, 0, :], geom.j0[0])
     powers = torch.arange(5, dtype=c.dtype, device=dev)[:, None]
     dy = (rows - c[:, 1, None])[:, None, :] ** powers  # d_y^i from m's centre, (N, 5, P)
     dx = (cols - c[:, 0, None])[:, None, :] ** powers

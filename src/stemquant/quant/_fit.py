@@ -594,13 +594,12 @@ class _Problem:
         self.const = const
         self._lo_arrays = {}  # dtype -> (mask, data) converted once, shared with with_free copies (same data)
 
-    def with_free(self, geom, col_free, glob_free, noise=None):
-        """This problem with other windows, free-parameter flags or criterion (same data: the Poisson constant and
-        the low-precision data are kept)."""
+    def with_free(self, geom, col_free, glob_free):
+        """This problem with other windows and free-parameter flags (same data: the Poisson constant and the
+        low-precision data are kept)."""
         out = copy.copy(self)
         out.__dict__.pop("_lowp", None)  # the cached low-precision view holds the old flags
         out.geom, out.col_free, out.glob_free = geom, col_free, glob_free
-        out.noise = self.noise if noise is None else noise
         return out
 
     def lowp(self, lo):

@@ -326,11 +326,10 @@ def column_blocks(geom: PatchGeometry, prof: Profiles, eta, rho, w_flat, gradien
     else:
         Wp = gather_patches(w_flat, geom)  # (B, N, P, P)
         S = (ey @ Wp) @ ex.transpose(-1, -2)  # (B, N, 5, 5)
-        if gradient:
-            gw = moments_gradient((prof.vy @ Wp) @ prof.vx.transpose(-1, -2), _coef(prof, eta, rho))
-    if gradient and w_flat is None:
-        gw = mask_gradient(geom, prof, eta, rho)
     coef = _coef(prof, eta, rho)  # (a, a, 1, b): H_ij = coef_i coef_j (S @ map)_ij
+    if gradient:
+        gw = (mask_gradient(geom, prof, eta, rho) if w_flat is None
+              else moments_gradient((prof.vy @ Wp) @ prof.vx.transpose(-1, -2), coef))
     H = (S.reshape(*S.shape[:-2], 25) @ _constant("col", _column_map, S)).view(*eta.shape, 4, 4)
     H = H * (coef.unsqueeze(-1) * coef.unsqueeze(-2))
     return (H, gw) if gradient else H
@@ -386,7 +385,7 @@ def overlap_pairs(geom: PatchGeometry) -> torch.Tensor:
     return geom.pairs
 
 
-def _shifted(v: torch.Tensor, first: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def shifted_rows(v: torch.Tensor, first: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rows ``v[first]`` (K, P) of ``v`` (M, P) read ``shift`` (K,) pixels later, zero past their ends:
     out[k, a] = v[first_k, a + shift_k] (|shift| < P). One strided ``index_select`` on a zero-padded copy."""
     P = v.shape[-1]
@@ -413,7 +412,7 @@ def height_gram(geom: PatchGeometry, prof: Profiles) -> tuple[torch.Tensor, torc
         gin = g * inside.reshape(B * N, P)
         start = start.reshape(-1)
         # column m's profile on n's pixels: pixel a of n's window is pixel a + (start_n - start_m) of m's window
-        cross = (gin.index_select(0, n) * _shifted(g, m, start[n] - start[m])).sum(-1)
+        cross = (gin.index_select(0, n) * shifted_rows(g, m, start[n] - start[m])).sum(-1)
         sums.append(((gin * g).sum(-1), cross, gin.sum(-1)))
     (dy, cy, sy), (dx, cx, sx) = sums
     return (dy * dx).view(B, N), cy * cx, (sy * sx).view(B, N)
