@@ -573,7 +573,7 @@ def _poisson_constant(d: torch.Tensor) -> torch.Tensor:
     """Σ (d ln d − d) per frame of counts ``d`` (B, …): the constant part of the Poisson half-deviance.
 
     d ln d with 0 ln 0 = 0: for counts d ≥ 0 the log clamped at the dtype's smallest normal number equals xlogy (~5x
-    slower; a fixed 1e-300 rounds to 0 in float32: 0·ln 0 = NaN). Zero padding adds nothing.
+    slower; a fixed 1e-300 rounds to 0 in float32: 0·ln 0 = NaN). Computed once per fit from the unpadded data.
     """
     d = d.reshape(d.shape[0], -1)
     return (d * torch.log(torch.clamp(d, min=torch.finfo(d.dtype).tiny)) - d).sum(1)
@@ -582,16 +582,13 @@ def _poisson_constant(d: torch.Tensor) -> torch.Tensor:
 class _Problem:
     """Data, weights and the matrix-free operators of one batch of frames."""
 
-    def __init__(self, data, geom, mask, types, width_mode, noise, col_free, glob_free, const=None):
+    def __init__(self, data, geom, mask, types, width_mode, noise, col_free, glob_free, const):
         self.data, self.geom, self.mask, self.types = data, geom, mask, types
         self.width_mode, self.noise = width_mode, noise
         self.col_free, self.glob_free = col_free, glob_free
         self.n_types = int(types.max()) + 1
         self.data_real = None
-        # Poisson: the constant part of the half-deviance (:func:`_poisson_constant`), given for the same data
-        if noise == "poisson" and const is None:
-            const = _poisson_constant(data.view(geom.i0.shape[0], -1))
-        self.const = const
+        self.const = const  # Poisson: Σ (d ln d − d) per frame (:func:`_poisson_constant`); None for least squares
         self._lo_arrays = {}  # dtype -> (mask, data) converted once, shared with with_free copies (same data)
 
     def with_free(self, geom, col_free, glob_free):
