@@ -1,7 +1,7 @@
 """CRLB speed: ``column_crlb`` (block-tridiagonal selected inversion) vs the dense inverse of the Fisher matrix.
 
 Baseline, run in the same process on the same model: the Fisher matrix F = Jᵀ W J of eq. (2.27) assembled from a
-scipy sparse Jacobian (windows of 5 widths, as ``column_crlb``) and inverted densely with a Cholesky factorisation
+scipy sparse Jacobian (windows of 4 widths, as ``column_crlb``) and inverted densely with a Cholesky factorisation
 (scipy ``cho_factor``/``cho_solve``), then the diagonal and the SCS combination (eqs. 2.28–2.29) — what
 stemquant itself did before 2026-12-01 and what a direct implementation of the equations does. Both sides get one
 thread (torch and BLAS). The bounds of both are compared (largest relative difference) so that a speed-up can't
@@ -31,7 +31,7 @@ from fit_speed import BG, DOSE, ETA, RHO, P, best_of, lattice_image, noisy  # no
 from stemquant.quant import column_crlb, fit_columns  # noqa: E402
 
 
-def dense_crlb(pos, rho, eta, bg, shape, p, dose, truncation=5.0):
+def dense_crlb(pos, rho, eta, bg, shape, p, dose, truncation=4.0):
     """Baseline: sparse Jacobian, dense F, dense Cholesky inverse; common width and free background."""
     H, W = shape
     N = len(pos)

@@ -457,7 +457,7 @@ def test_crlb_matches_dense_autograd_fisher():
     J = torch.autograd.functional.jacobian(lam, theta)
     F = J.T @ (J / lam(theta)[:, None])
     cov = torch.linalg.inv(F).numpy()
-    t = column_crlb(pos, rho, eta, bg, shape, P, dose, width="individual")
+    t = column_crlb(pos, rho, eta, bg, shape, P, dose, width="individual", truncation=8.0)  # tails < exp(-32)
     idx = np.arange(3) * 4
     np.testing.assert_allclose(t["x_crlb"], np.sqrt(cov[idx, idx]), rtol=1e-6)
     np.testing.assert_allclose(t["y_crlb"], np.sqrt(cov[idx + 1, idx + 1]), rtol=1e-6)
@@ -465,6 +465,50 @@ def test_crlb_matches_dense_autograd_fisher():
     g[np.arange(3), idx + 2] = 2 * np.pi * rho**2
     g[np.arange(3), idx + 3] = 4 * np.pi * eta * rho
     np.testing.assert_allclose(t["scs_crlb"], np.sqrt(np.einsum("ij,jk,ik->i", g, cov, g)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.49])
+def test_crlb_default_truncation_is_within_the_tail_bound(offset):
+    """The default windows of 4 widths (those of fit_columns) change the bounds of untruncated Gaussians by no more
+    than the information in the cut tails allows: with T the Fisher information of the pixels outside the window
+    and F that of all pixels, F − T ≥ (1 − ε) F for ε the largest eigenvalue of F⁻¹T, so every variance (x, y and
+    the SCS combination) grows by a factor in [1, 1/(1 − ε)]. Worst case: an isolated column with almost no
+    background (every tail pixel weighs 1/λ ∝ 1/g), centred up to half a pixel off its window's centre pixel. The
+    background is fixed: a free one is informed by every pixel and couples to the tails with either sign."""
+    rho, eta, bg, dose, shape = 0.45, 0.05, 1e-7, 1e5, (80, 80)
+    pos = np.array([[8.1 + offset * P, 7.9]])  # the window is centred on the nearest pixel: reaches 4ρ − offset
+    yy, xx = np.meshgrid((np.arange(shape[0]) + 0.5) * P, (np.arange(shape[1]) + 0.5) * P, indexing="ij")
+    dx, dy = xx - pos[0, 0], yy - pos[0, 1]
+    g = np.exp(-(dx**2 + dy**2) / (2 * rho**2))
+    lam = (bg + eta * g) * dose * P * P
+    J = np.stack([eta * g * dx / rho**2, eta * g * dy / rho**2, g, eta * g * (dx**2 + dy**2) / rho**3],
+                 -1).reshape(-1, 4) * dose * P * P  # (x, y, η, ρ)
+    h = int(np.ceil(4.0 * rho / P))
+    ci, cj = np.round(pos[0, ::-1] / P - 0.5).astype(int)
+    inside = ((np.abs(np.arange(shape[0]) - ci) <= h)[:, None] & (np.abs(np.arange(shape[1]) - cj) <= h)).ravel()
+    F = J.T @ (J / lam.reshape(-1, 1))
+    T = J[~inside].T @ (J[~inside] / lam.reshape(-1, 1)[~inside])
+    eps = float(np.max(np.linalg.eigvals(np.linalg.solve(F, T)).real))
+    assert 0 < eps < 0.01
+    kw = dict(width="individual", background_free=False)
+    cut = column_crlb(pos, rho, eta, bg, shape, P, dose, truncation=4.0, **kw)
+    full = column_crlb(pos, rho, eta, bg, shape, P, dose, truncation=20.0, **kw)  # the whole image
+    ratio = (cut / full).to_numpy().ravel()
+    assert np.all(ratio >= 1 - 1e-12) and np.all(ratio <= (1 - eps) ** -0.5 + 1e-12), (ratio, eps)
+
+
+def test_fit_bounds_use_the_fit_windows():
+    """fit_columns computes the CRLB of the model it fits: with the windows of its own ``truncation``."""
+    pos, shape = lattice(3, spacing=1.8)
+    img = gaussian_image(pos, 0.45, 0.05, 0.005, shape)
+    fit = fit_columns(img, pos, P, dose=1e4, noise="poisson", width="common", truncation=6.0)
+    t = fit.table
+    args = (fit.positions, fit.widths, fit.heights, fit.background, shape, P, 1e4)
+    own = column_crlb(*args, width="common", truncation=6.0)
+    default = column_crlb(*args, width="common")
+    for name in ("x_crlb", "y_crlb", "scs_crlb"):
+        np.testing.assert_allclose(t[name], own[name], rtol=1e-9)
+        assert np.abs(t[name] / default[name] - 1).max() > 1e-9  # the windows differ, and so do the bounds
 
 
 def test_crlb_scales_with_dose():
@@ -797,7 +841,7 @@ def test_crlb_selected_inversion_matches_dense_inverse(width, bg_free, noise):
     eta[10] = 0.0  # no information on its position: infinite x/y bound, as a dense inverse without it
     dose, sigma = 2e4, 0.002
     t = column_crlb(pos, rho, eta, 0.005, shape, P, dose, noise=noise, noise_sigma=sigma, width=width,
-                    background_free=bg_free, types=types)
+                    background_free=bg_free, types=types, truncation=7.0)  # windows of 7 widths: tails < exp(-24)
     ref = _dense_crlb(pos, rho, eta, 0.005, shape, dose, noise, sigma, width, bg_free, types)
     for name, r in zip(("x_crlb", "y_crlb", "scs_crlb"), ref, strict=True):
         np.testing.assert_allclose(t[name], r, rtol=1e-6, err_msg=name)

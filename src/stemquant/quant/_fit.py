@@ -152,7 +152,7 @@ def fit_columns(
     truncation : float
         Each Gaussian is evaluated on a window of half-size ceil(truncation · width) pixels around its current
         position (zero outside; tails ≤ exp(-truncation²/2) of the peak are neglected); windows are re-centred
-        and enlarged as columns move and widths grow.
+        and enlarged as columns move and widths grow. The CRLB uses windows of the same size.
     max_iter : int
         Maximum Levenberg–Marquardt iterations.
     crlb : bool
@@ -304,7 +304,7 @@ def fit_columns(
         outs = list(_progress(pool.map(fit, batches), show, len(batches)))
         st = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
         return _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types_arr, crlb, stack,
-                         pool, crlb_threads, max_iter)
+                         pool, crlb_threads, max_iter, truncation)
 
 
 def _start_spacing(c0: np.ndarray, shared: bool, pixel_size: float | None = None) -> np.ndarray:
@@ -1401,7 +1401,7 @@ def _preconditioner(cb, C, Gm0, lam, fc, fg, lo, dsrc=None):
 
 
 def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types, crlb, stack, pool,
-              crlb_threads, max_iter) -> FitResult:
+              crlb_threads, max_iter, truncation) -> FitResult:
     col = st["col"].cpu().numpy()
     B, N, _ = col.shape
     x = (col[..., M.CX] + 0.5) * p
@@ -1428,7 +1428,7 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
                 return crlb_from_state(
                     np.stack((x[f][:, k], y[f][:, k]), -1), rho[f][:, k], eta[f][:, k], zeta[f], img3.shape[1:], p,
                     dose=dose, noise=stats, noise_sigma=sig[f], width=width_mode, background_free=fixed_bg is None,
-                    types=types[k], device=st["col"].device, invalid="nan", pool=pool,
+                    types=types[k], truncation=truncation, device=st["col"].device, invalid="nan", pool=pool,
                 )
 
         # empty sites are not in the fitted model (height 0, nothing free): the bounds are those of the model
