@@ -511,6 +511,39 @@ def test_fit_bounds_use_the_fit_windows():
         assert np.abs(t[name] / default[name] - 1).max() > 1e-9  # the windows differ, and so do the bounds
 
 
+@pytest.mark.parametrize("width", ["common", "individual"])
+def test_crlb_of_a_stack_is_that_of_each_frame(width):
+    """Frames go through the CRLB in batched chunks with one coupling pattern (the union of the frames' overlapping
+    windows, one slab order for all): each frame's bounds equal those of the frame alone, also when its columns
+    sit on other pixels (other windows, other overlaps), and a frame without a bound (a non-finite parameter, a
+    negative Poisson intensity) gets NaN without touching the others."""
+    from stemquant.quant._crlb import crlb_from_state
+
+    rng = np.random.default_rng(5)
+    pos, shape = lattice(5, spacing=1.9)
+    B, N = 6, len(pos)
+    xy = pos + rng.normal(0, 0.05, (B, N, 2))
+    xy[2] += rng.uniform(-0.6, 0.6, (N, 2))  # 3 px: other windows and another set of overlapping pairs
+    rho = np.full((B, N), 0.45) * (rng.uniform(0.9, 1.1, (B, N)) if width == "individual" else 1.0)
+    eta = rng.uniform(0.03, 0.08, (B, N))
+    zeta = np.full(B, 0.005)
+    xy[3, 4, 0] = np.nan
+    eta[4, 7] = -1.0  # λ < 0 around this column
+    kw = dict(dose=1e4, noise="poisson", noise_sigma=None, width=width, background_free=True,
+              types=np.zeros(N, dtype=np.int64))
+    out = crlb_from_state(xy, rho, eta, zeta, shape, P, invalid="nan", **kw)
+    for f in range(B):
+        one = crlb_from_state(xy[f:f + 1], rho[f:f + 1], eta[f:f + 1], zeta[f:f + 1], shape, P, invalid="nan", **kw)
+        for name in ("x_crlb", "y_crlb", "scs_crlb"):
+            if f in (3, 4):
+                assert np.isnan(out[name][f]).all() and np.isnan(one[name][0]).all()
+            else:
+                np.testing.assert_allclose(out[name][f], one[name][0], rtol=1e-10, err_msg=f"{name}, frame {f}")
+    with pytest.raises(ValueError, match="non-positive intensity"):
+        crlb_from_state(np.delete(xy, 3, 0), np.delete(rho, 3, 0), np.delete(eta, 3, 0), np.delete(zeta, 3), shape,
+                        P, **kw)
+
+
 def test_crlb_scales_with_dose():
     pos, shape = lattice(3)
     a = column_crlb(pos, 0.45, 0.05, 0.005, shape, P, 1e3)

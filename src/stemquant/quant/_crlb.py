@@ -130,11 +130,15 @@ def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, 
                     truncation: float = 4.0, device="cpu", invalid: str = "raise", pool=None) -> dict[str, np.ndarray]:
     """CRLB of a batch of frames; arrays in Å and image units with a leading frame axis. See ``column_crlb``.
 
-    Frames are processed one after the other (each has its own column positions, hence its own coupling
-    pattern); within a frame everything is vectorised and runs on ``device``. ``invalid="nan"`` gives a frame
-    whose model has no bound (non-positive Poisson intensity, singular Fisher matrix — e.g. a diverged fit) NaN
-    bounds instead of raising; ``fit_columns`` uses it so that such a frame does not cost the whole fit.
-    ``pool`` (an object with an ordered ``map``, e.g. a ``ThreadPoolExecutor``) computes frames concurrently.
+    Frames go in chunks of a few (their window pixels bounded by ``_CHUNK_PIXELS``). A chunk shares one coupling
+    pattern — the union of its frames' overlapping windows (a pair that does not overlap in one frame has a zero
+    block there) and one slab order valid for all of them — so that every step, from the Fisher blocks to the
+    selected inversion, is one batched operation over the chunk's frames: the ~1,000 small tensor operations of the
+    selected inversion are paid per chunk, not per frame (on a GPU: the same kernels with a batch dimension).
+    ``invalid="nan"`` gives a frame whose model has no bound (non-finite or non-positive parameters, non-positive
+    Poisson intensity, singular Fisher matrix — e.g. a diverged fit) NaN bounds instead of raising; ``fit_columns``
+    uses it so that such a frame does not cost the whole fit. ``pool`` (an object with an ordered ``map``, e.g. a
+    ``ThreadPoolExecutor``) computes chunks concurrently.
     """
     B, N, _ = pos.shape
     dev = torch.device(device)
@@ -143,27 +147,32 @@ def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, 
     c_all = torch.as_tensor(pos / p - 0.5, **f64)
     r_all = torch.as_tensor(rho / p, **f64)
     e_all = torch.as_tensor(eta * scale, **f64)
-    finite = torch.isfinite(c_all).all(-1) & torch.isfinite(r_all) & torch.isfinite(e_all)  # (B, N)
-    r_ok = r_all[finite & (r_all > 0)]
+    z_all = torch.as_tensor(np.asarray(zeta, dtype=float) * scale, **f64)
+    s_all = None if noise_sigma is None else torch.as_tensor(np.asarray(noise_sigma, dtype=float) * scale, **f64)
+    good = torch.isfinite(c_all).all(-1) & torch.isfinite(r_all) & torch.isfinite(e_all) & (r_all > 0)  # (B, N)
+    ok = (good.all(1) & torch.isfinite(z_all)).cpu().numpy()
+    if invalid == "raise" and not ok.all():
+        raise ValueError("non-finite or non-positive parameters")
+    r_ok = r_all[good]
     # windows wider than the image add nothing for centres inside it (and a diverged width must not allocate them)
     h = max(2, min(int(math.ceil(truncation * float(r_ok.max()))) if r_ok.numel() else 2, max(shape)))
     n_types = int(types.max()) + 1
     t_col = torch.as_tensor(types, dtype=torch.long, device=dev)
-    out = {k: np.empty((B, N)) for k in ("x_crlb", "y_crlb", "scs_crlb")}
+    out = {k: np.full((B, N), np.nan) for k in ("x_crlb", "y_crlb", "scs_crlb")}
+    frames = np.flatnonzero(ok)
+    per = max(1, int(_CHUNK_PIXELS[dev.type == "cuda"] // (N * (2 * h + 1) ** 2)))
+    chunks = [frames[i: i + per] for i in range(0, len(frames), per)]
 
-    def frame(f):
-        try:
-            if not bool(finite[f].all()) or not bool((r_all[f] > 0).all()) or not math.isfinite(float(zeta[f])):
-                raise ValueError("non-finite or non-positive parameters")
-            return _frame_crlb(c_all[f], r_all[f], e_all[f], float(zeta[f]) * scale, shape, h, noise,
-                               None if noise_sigma is None else float(noise_sigma[f]) * scale, width,
-                               background_free, t_col, n_types, dev)
-        except ValueError:
-            if invalid == "raise":
-                raise
-            return (np.full(N, np.nan),) * 3
+    def chunk(f):
+        i = torch.as_tensor(f, device=dev)
+        return _chunk_crlb(c_all[i], r_all[i], e_all[i], z_all[i], None if s_all is None else s_all[i], shape, h,
+                           noise, width, background_free, t_col, n_types)
 
-    for f, bounds in enumerate(map(frame, range(B)) if pool is None else pool.map(frame, range(B))):
+    for f, (bounds, errors) in zip(chunks, map(chunk, chunks) if pool is None else pool.map(chunk, chunks),
+                                   strict=True):
+        failed = [e for e in errors if e is not None]
+        if failed and invalid == "raise":
+            raise ValueError(failed[0])
         for k, v in zip(("x_crlb", "y_crlb", "scs_crlb"), bounds, strict=True):
             out[k][f] = v
     out["x_crlb"] *= p
@@ -172,26 +181,34 @@ def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, 
     return out
 
 
-@torch.inference_mode()  # no autograd bookkeeping per operation (thread-local: on the per-frame worker)
-def _frame_crlb(c, r, e, zeta, shape, h, noise, sigma, width, background_free, t_col, n_types, dev):
-    """Bounds of one frame in pixel and data units: (sd x, sd y, sd SCS), each shape (N,)."""
-    f64 = dict(dtype=torch.float64, device=dev)
-    geom = M.make_geometry(c[None, :, 0], c[None, :, 1], h, shape)
-    prof = M.profiles(geom, c[None, :, 0], c[None, :, 1], r[None])
-    # weights of the Fisher information (eq. 2.27) on the padded image: 1/λ (Poisson) or 1/σ² (Gaussian)
-    mask = torch.nn.functional.pad(torch.ones(shape, **f64), (h, h, h, h)).reshape(-1)
+# Window pixels (frames × columns × (2h+1)²) per chunk of frames, CPU / GPU: ~4 frames of 400 columns 25 px wide on
+# a CPU (the pair products then hold ~100 MB); more frames gain little there.
+_CHUNK_PIXELS = (1e6, 1e7)
+
+
+@torch.inference_mode()  # no autograd bookkeeping per operation (thread-local: on the worker)
+def _chunk_crlb(c, r, e, zeta, sigma, shape, h, noise, width, background_free, t_col, n_types):
+    """Bounds of a chunk of b frames in pixel and data units: (sd x, sd y, sd SCS), each (b, N), and per frame
+    None or the reason why it has no bound (its bounds are then NaN)."""
+    b, N = r.shape
+    f64 = dict(dtype=torch.float64, device=c.device)
+    geom = M.make_geometry(c[..., 0], c[..., 1], h, shape)
+    prof = M.profiles(geom, c[..., 0], c[..., 1], r)
+    errors = [None] * b
+    # weights of the Fisher information (eq. 2.27) on the padded frames: 1/λ (Poisson) or 1/σ² (Gaussian)
+    real = torch.nn.functional.pad(torch.ones(shape, **f64), (h, h, h, h)).reshape(1, -1) > 0
     if noise == "poisson":
-        lam = M.render(geom, prof, e[None], torch.tensor([zeta], **f64), mask)
-        real = mask > 0
-        if bool((lam[real] <= 0).any()):
-            raise ValueError("the model image has non-positive intensity: the Poisson CRLB needs λ > 0 "
-                             "everywhere (give a positive background)")
-        w = torch.where(real, 1.0 / torch.where(real, lam, 1.0), 0.0)
+        lam = M.render(geom, prof, e, zeta, real.view(geom.padded_shape).to(torch.float64)).view(b, -1)
+        for i in torch.nonzero(((lam <= 0) & real).any(1)).flatten().tolist():
+            errors[i] = ("the model image has non-positive intensity: the Poisson CRLB needs λ > 0 everywhere "
+                         "(give a positive background)")
+        w = torch.where(real & (lam > 0), 1.0 / lam, 0.0)
     else:
-        w = mask / sigma**2
+        w = real / sigma[:, None] ** 2
     pm, pn = _overlapping_pairs(geom)
-    Fp, Fz, pm, pn = _fisher_blocks(geom, prof, c, r, e, w, pm, pn)
-    var = _selected_covariance(Fp, Fz, float(w.sum()), pm, pn, geom, width, background_free, t_col, n_types)
+    Fp, Fz, pm, pn = _fisher_blocks(geom, prof, c, r, e, w.reshape(-1), pm, pn)
+    var, singular = _selected_covariance(Fp, Fz, w.sum(1), pm, pn, _slabs(geom), width, background_free, t_col,
+                                         n_types)
     vx, vy, ve, ver, vr = (v.cpu().numpy() for v in var)
     # SCS = 2π η ρ² (data units, px) -> gradient wrt (η_n, ρ): ∂/∂η = 2πρ², ∂/∂ρ = 4πηρ (eqs. 2.28–2.29)
     rn, en = r.cpu().numpy(), e.cpu().numpy()
@@ -200,15 +217,24 @@ def _frame_crlb(c, r, e, zeta, shape, h, noise, sigma, width, background_free, t
     if width != "fixed":  # a zero-height column's width carries no information and does not enter its SCS
         with np.errstate(invalid="ignore"):
             v_scs = v_scs + np.where(gr != 0, 2 * ge * gr * ver + gr**2 * vr, 0.0)
-    return np.sqrt(vx), np.sqrt(vy), np.sqrt(v_scs)
+    for i, why in enumerate(singular):
+        errors[i] = errors[i] or why
+    bounds = [np.sqrt(v) for v in (vx, vy, v_scs)]
+    for i, why in enumerate(errors):
+        if why is not None:
+            for v in bounds:
+                v[i] = np.nan
+    return bounds, errors
 
 
 def _overlapping_pairs(geom: M.PatchGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """Unordered pairs (m <= n, including m = n) of columns whose windows overlap: the non-zero blocks of F
-    (one frame)."""
+    """Unordered pairs (m <= n, including m = n) of columns whose windows overlap in at least one frame: the
+    blocks of F that can be non-zero."""
     pairs = M.overlap_pairs(geom).cpu().numpy()
     n = geom.i0.shape[1]
-    return np.concatenate((np.arange(n), pairs[0])), np.concatenate((np.arange(n), pairs[1]))
+    m_, n_ = pairs % n  # frame-local column indices, m_ < n_
+    key = np.unique(np.concatenate((np.arange(n) * (n + 1), m_ * n + n_)))
+    return key // n, key % n
 
 
 # Derivative of column n with respect to its (c_x, c_y, η, ρ) as a sum of the separable terms
@@ -238,9 +264,10 @@ _PAIR_COMPACT = torch.stack([_PAIR_MAP[py, px][:, _PAIR_MOM].T for py, px in _PA
 
 
 def _fisher_blocks(geom, prof, c, r, e, w, pm, pn):
-    """4×4 Fisher blocks F[(m, ·), (n, ·)] of every overlapping pair and the background column F[(n, ·), ζ].
+    """4×4 Fisher blocks F[(m, ·), (n, ·)] of every pair in ``pm``, ``pn`` and the background column F[(n, ·), ζ],
+    for b frames at once.
 
-    Returns ``(Fp, Fz, pm, pn)``: blocks (E, 4, 4), background column (N, 4), and the pairs in the order of
+    Returns ``(Fp, Fz, pm, pn)``: blocks (b, E, 4, 4), background column (b, N, 4), and the pairs in the order of
     ``Fp`` (sorted by m).
 
     Why hand-written: every derivative window is a sum of separable products (g_y d_y^s) ⊗ (g_x d_x^t), so a pair
@@ -250,10 +277,10 @@ def _fisher_blocks(geom, prof, c, r, e, w, pm, pn):
     against its gathered weight window in one (5D×P)·(P×P) product: no per-pair copy of the window and no sparse
     pixel-by-parameter Jacobian (the previous scipy assembly was ~3x slower; 9×9 moments ~2x slower).
     """
-    N = c.shape[0]
+    b, N = r.shape
     dev = c.device
-    coef = M.coefficients(e, r)  # (N, 4): a, a, 1, b
-    # partner table: row m lists every n >= m whose window overlaps m's, padded with -1
+    coef = M.coefficients(e, r)  # (b, N, 4): a, a, 1, b
+    # partner table: row m lists every n >= m whose window overlaps m's (in some frame), padded with -1
     order = np.argsort(pm, kind="stable")
     pm_s, pn_s = pm[order], pn[order]
     deg = np.bincount(pm_s, minlength=N)
@@ -263,34 +290,32 @@ def _fisher_blocks(geom, prof, c, r, e, w, pm, pn):
     partner[pm_s, slot] = pn_s
     valid = torch.as_tensor(partner >= 0, device=dev)
     nb = torch.as_tensor(np.where(partner >= 0, partner, 0), device=dev)
-
     P = 2 * geom.h + 1
-    rows, cols = geom.rows[0], geom.cols[0]  # (N, P) pixel centres of m's window
+    first = ((torch.arange(b, device=dev) * N)[:, None, None] + nb).reshape(-1)  # partner rows of the flat profiles
 
     def partner_profile(g, start):
-        """Profile g (N, P) of each partner n on m's pixels, zero outside n's own window (and for padding slots):
-        pixel a of m's window is pixel a + (start_m − start_n) of n's."""
-        shift = torch.where(valid, start[:, None] - start[nb], 0)
-        return M.shifted_rows(g, nb.reshape(-1), shift.reshape(-1)).view(N, D, P) * valid[..., None]
+        """Profile g (b, N, P) of each partner n on m's pixels, zero outside n's own window: pixel a of m's window
+        is pixel a + (start_m − start_n) of n's. Shifts of P or more (no overlap in this frame) and padding slots
+        read only zeros."""
+        shift = torch.where(valid, (start[:, :, None] - start[:, nb]).clamp(-P, P), P)
+        return M.shifted_rows(g.reshape(b * N, P), first, shift.reshape(-1)).view(b, N, D, P)
 
-    Gy = prof.vy[0][:, None, 0, :] * partner_profile(prof.vy[0][:, 0, :], geom.i0[0])  # g_m g_n along y, (N, D, P)
-    Gx = prof.vx[0][:, None, 0, :] * partner_profile(prof.vx[0][:, 0, :], geom.j0[0])
-    dy = _powers(rows - c[:, 1, None], 5)  # d_y^i from m's centre, (N, 5, P)
-    dx = _powers(cols - c[:, 0, None], 5)
-    Yb = Gy[:, :, None, :] * dy[:, None]  # (N, D, 5, P)
-    Xb = Gx[:, :, None, :] * dx[:, None]
-    Wm = M.gather_patches(w, geom)[0]  # (N, P, P) rows y, cols x
-    U = (Yb.reshape(N, D * 5, P) @ Wm).view(N, D, 5, P)  # the window contracted over y for every partner
-    MB = (U @ Xb.transpose(-1, -2)).reshape(N, D, 25)[..., _PAIR_MOM.to(dev)]  # pair moments [i, j] in use
-    dyx = (c[:, None, :] - c[nb])  # δ = c_m − c_n, (N, D, 2) as (x, y)
-    py, px = _powers(dyx[..., 1, None], 3)[..., 0], _powers(dyx[..., 0, None], 3)[..., 0]  # (N, D, 3)
-    dpow = torch.stack([py[..., a] * px[..., b] for a, b in _PAIR_POW], -1)  # δ_y^p_y δ_x^p_x, (N, D, 5)
-    Fp = ((dpow[..., :, None] * MB[..., None, :]).reshape(N, D, -1) @ _PAIR_COMPACT.to(dev)).view(N, D, 4, 4)
-    Fp = Fp * coef[:, None, :, None] * coef[nb][:, :, None, :]
-    Fp = Fp[valid]  # (E, 4, 4) in the order of (pm_s, pn_s)
-    Ym, Xm = prof.vy[0], prof.vx[0]  # (N, 3, P)
-    mz = (Ym @ Wm) @ Xm.transpose(1, 2)  # (N, 3, 3) moments of the weights: Σ w · (each derivative term)
-    Fz = (mz.reshape(N, 9) @ _SELF_MAP.to(dev).T) * coef  # (N, 4)
+    Gy = prof.vy[:, :, None, 0, :] * partner_profile(prof.vy[..., 0, :], geom.i0)  # g_m g_n along y, (b, N, D, P)
+    Gx = prof.vx[:, :, None, 0, :] * partner_profile(prof.vx[..., 0, :], geom.j0)
+    dy = _powers(geom.rows - c[..., 1, None], 5)  # d_y^i from m's centre, (b, N, 5, P)
+    dx = _powers(geom.cols - c[..., 0, None], 5)
+    Yb = Gy[..., None, :] * dy[:, :, None]  # (b, N, D, 5, P)
+    Xb = Gx[..., None, :] * dx[:, :, None]
+    Wm = M.gather_patches(w, geom)  # (b, N, P, P) rows y, cols x
+    U = (Yb.reshape(b, N, D * 5, P) @ Wm).view(b, N, D, 5, P)  # the window contracted over y for every partner
+    MB = (U @ Xb.transpose(-1, -2)).reshape(b, N, D, 25)[..., _PAIR_MOM.to(dev)]  # pair moments [i, j] in use
+    dyx = c[:, :, None, :] - c[:, nb]  # δ = c_m − c_n, (b, N, D, 2) as (x, y)
+    py, px = _powers(dyx[..., 1, None], 3)[..., 0], _powers(dyx[..., 0, None], 3)[..., 0]  # (b, N, D, 3)
+    dpow = torch.stack([py[..., i] * px[..., j] for i, j in _PAIR_POW], -1)  # δ_y^p_y δ_x^p_x, (b, N, D, 5)
+    Fp = ((dpow[..., :, None] * MB[..., None, :]).reshape(b, N, D, -1) @ _PAIR_COMPACT.to(dev)).view(b, N, D, 4, 4)
+    Fp = (Fp * coef[:, :, None, :, None] * coef[:, nb][..., None, :])[:, valid]  # (b, E) in the order of pm_s
+    mz = (prof.vy @ Wm) @ prof.vx.transpose(-1, -2)  # (b, N, 3, 3) moments of the weights: Σ w · (each term)
+    Fz = (mz.reshape(b, N, 9) @ _SELF_MAP.to(dev).T) * coef  # (b, N, 4)
     return Fp, Fz, pm_s, pn_s
 
 
@@ -301,34 +326,38 @@ def _powers(d: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _slabs(geom: M.PatchGeometry) -> np.ndarray:
-    """Slab index of every column such that only columns of the same or of adjacent slabs have overlapping
-    windows (so F restricted to the columns is block tridiagonal).
+    """Slab index of every column such that, in every frame, only columns of the same or of adjacent slabs have
+    overlapping windows (so F restricted to the columns is block tridiagonal).
 
-    Level sets of a breadth-first sweep along one image axis: slab 0 holds the columns at the smallest window
-    origin, slab k+1 every remaining column whose origin is within 2h pixels of the largest origin in slab k. A
-    column of slab k+2 is then more than 2h pixels beyond every column of slab k, so their (2h+1)-pixel windows
-    cannot overlap. On a lattice this gives slabs of 2 rows where fixed-width bands of 2h would hold 3. The axis
-    with the cheaper factorisation (Σ n_k³) is used.
+    Level sets of a sweep along one image axis over the columns' window origins, each an interval [lo, hi] over
+    the frames: slab 0 holds the columns at the smallest lo; a new slab starts at the first column whose lo is more
+    than 2h pixels beyond the largest hi of every earlier slab, and takes every column up to that reach. A column
+    of slab k+2 then starts more than 2h pixels beyond every column of slabs ≤ k in every frame, so their
+    (2h+1)-pixel windows cannot overlap. On a lattice this gives slabs of 1–2 rows where fixed-width bands of 2h
+    would hold more. The axis with the cheaper factorisation (Σ n_k³) is used.
     """
     best = None
-    for origin in (geom.i0[0].cpu().numpy(), geom.j0[0].cpu().numpy()):
-        values = np.unique(origin)
+    for origin in (geom.i0.cpu().numpy(), geom.j0.cpu().numpy()):
+        lo, hi = origin.min(0), origin.max(0)
+        values, inv = np.unique(lo, return_inverse=True)
+        top_at = np.full(len(values), np.iinfo(np.int64).min)
+        np.maximum.at(top_at, inv, hi)  # the largest hi of the columns at each distinct lo
         level = np.empty(len(values), dtype=np.int64)
-        k, reach, last = 0, values[0], values[0]
+        k, reach, top = 0, values[0], top_at[0]
         for idx, v in enumerate(values):  # one pass over the distinct origins: negligible next to the algebra
             if v > reach:
-                k, reach = k + 1, last + 2 * geom.h
+                k, reach = k + 1, top + 2 * geom.h
             level[idx] = k
-            last = v
-        slab = level[np.searchsorted(values, origin)]
+            top = max(top, top_at[idx])
+        slab = level[inv]
         cost = float((np.bincount(slab).astype(float) ** 3).sum())
         if best is None or cost < best[0]:
             best = (cost, slab)
     return best[1]
 
 
-def _selected_covariance(Fp, Fz, Fzz, pm, pn, geom, width, background_free, t_col, n_types):
-    """Per-column variances from the inverse Fisher matrix, without forming the inverse.
+def _selected_covariance(Fp, Fz, Fzz, pm, pn, slab, width, background_free, t_col, n_types):
+    """Per-column variances from the inverse Fisher matrix of b frames, without forming the inverse.
 
     Parameters are ordered slab by slab (:func:`_slabs`), so the columns' part A of F is block tridiagonal; the
     shared parameters (one width per type, background) form a small dense border. With the block Cholesky
@@ -339,90 +368,98 @@ def _selected_covariance(Fp, Fz, Fzz, pm, pn, geom, width, background_free, t_co
     Like the dense code before it, F is Jacobi-scaled first, and a parameter without information gets an
     infinite variance and no covariance with the others.
 
-    Returns (var x, var y, var η, cov(η, ρ), var ρ) per column (zeros for ρ when widths are fixed).
+    Returns (var x, var y, var η, cov(η, ρ), var ρ), each (b, N) (zeros for ρ when widths are fixed), and per
+    frame None or why its Fisher matrix is singular.
     """
-    N = Fz.shape[0]
+    b, N = Fz.shape[:2]
     kl = 4 if width == "individual" else 3
     common = width == "common"
     # every block in both orders: F[(n, ·), (m, ·)] = F[(m, ·), (n, ·)]ᵀ, so each entry below is added once
     o = pm != pn
     pm, pn = np.concatenate((pm, pn[o])), np.concatenate((pn, pm[o]))
-    Fp = torch.cat((Fp, Fp[torch.as_tensor(o, device=Fp.device)].transpose(1, 2)))
+    Fp = torch.cat((Fp, Fp[:, torch.as_tensor(o, device=Fp.device)].transpose(-1, -2)), 1)
     pm_t, pn_t = torch.as_tensor(pm, device=Fp.device), torch.as_tensor(pn, device=Fp.device)
     Bb, Cg = _border(Fp, Fz, Fzz, pm_t, pn_t, N, kl, common, background_free, t_col, n_types)
-    Fl, Bb, Cg, s_l, s_g, known_l, known_g = _jacobi_scaled(Fp[:, :kl, :kl], Bb, Cg, pm_t, pn_t, N)
-    slab = _slabs(geom)
+    Fl, Bb, Cg, s_l, s_g, known_l, known_g = _jacobi_scaled(Fp[..., :kl, :kl], Bb, Cg, pm_t, pn_t, N)
     Dk, Sk, slab_cols = _tridiagonal_blocks(Fl, pm, pn, slab, kl)
-    L, Lsub = _block_cholesky(Dk, Sk)
+    L, Lsub, bad_a = _block_cholesky(Dk, Sk)
     ordered = torch.cat(slab_cols)  # the columns slab by slab
-    ng = Cg.shape[0]
-    Z, S_inv = _border_solve(L, Lsub, Bb[ordered].reshape(N * kl, ng), Cg)
+    ng = Cg.shape[-1]
+    Z, S_inv, bad_s = _border_solve(L, Lsub, Bb[:, ordered].reshape(b, N * kl, ng), Cg)
     cov_col, cross = _selected_inverse(L, Lsub, Z, S_inv, ordered, kl)
+    singular = [None] * b
+    for i in torch.nonzero(bad_s).flatten().tolist():
+        singular[i] = "the Fisher information is singular (shared width or background not determined)"
+    for i in torch.nonzero(bad_a).flatten().tolist():
+        singular[i] = ("the Fisher information is singular: two columns coincide or a column has zero height; "
+                       "remove it before computing the CRLB")
     # ---- undo the scaling --------------------------------------------------------------------------------------------
     dev, dt = Fp.device, Fp.dtype
-    cov_col = cov_col * s_l[:, :, None] * s_l[:, None, :]
+    cov_col = cov_col * s_l[..., :, None] * s_l[..., None, :]
     inf = torch.tensor(float("inf"), dtype=dt, device=dev)
-    var = torch.where(known_l, torch.diagonal(cov_col, dim1=-2, dim2=-1), inf)  # (N, kl)
-    zero = torch.zeros(N, dtype=dt, device=dev)
+    var = torch.where(known_l, torch.diagonal(cov_col, dim1=-2, dim2=-1), inf)  # (b, N, kl)
+    zero = torch.zeros(b, N, dtype=dt, device=dev)
     if width == "individual":
-        return var[:, 0], var[:, 1], var[:, 2], cov_col[:, M.ETA, M.RHO], var[:, 3]
+        return (var[..., 0], var[..., 1], var[..., 2], cov_col[..., M.ETA, M.RHO], var[..., 3]), singular
     if common:
-        t = t_col
-        s_rho = s_g[t]
-        v_rho = torch.where(known_g[t], torch.diagonal(S_inv)[t] * s_rho * s_rho, inf)
-        c_er = cross[torch.arange(N, device=dev), M.ETA, t] * s_l[:, M.ETA] * s_rho
-        return var[:, 0], var[:, 1], var[:, 2], c_er, v_rho
-    return var[:, 0], var[:, 1], var[:, 2], zero, zero
+        s_rho = s_g[:, t_col]  # (b, N)
+        v_rho = torch.where(known_g[:, t_col], torch.diagonal(S_inv, dim1=-2, dim2=-1)[:, t_col] * s_rho * s_rho, inf)
+        c_er = cross[:, torch.arange(N, device=dev), M.ETA, t_col] * s_l[..., M.ETA] * s_rho
+        return (var[..., 0], var[..., 1], var[..., 2], c_er, v_rho), singular
+    return (var[..., 0], var[..., 1], var[..., 2], zero, zero), singular
 
 
 def _border(Fp, Fz, Fzz, pm_t, pn_t, N, kl, common, background_free, t_col, n_types):
-    """Couplings B (N, kl, ng) of every column with the shared parameters — one width per type (``common``; ∂f/∂ρ_t
-    = Σ_{n of type t} ∂f/∂ρ_n), then the background — and their block C (ng, ng)."""
+    """Couplings B (b, N, kl, ng) of every column with the shared parameters — one width per type (``common``;
+    ∂f/∂ρ_t = Σ_{n of type t} ∂f/∂ρ_n), then the background — and their block C (b, ng, ng)."""
     dev, dt = Fp.device, Fp.dtype
+    b = Fp.shape[0]
     ng = (n_types if common else 0) + (1 if background_free else 0)
+    G = max(ng, 1)
     zi = n_types if common else 0  # index of ζ among the shared parameters
-    Bb = torch.zeros(N, kl, max(ng, 1), dtype=dt, device=dev)
-    Cg = torch.zeros(max(ng, 1), max(ng, 1), dtype=dt, device=dev)
+    Bb = torch.zeros(b, N, kl, G, dtype=dt, device=dev)
+    Cg = torch.zeros(b, G, G, dtype=dt, device=dev)
     if common:
         tm, tn = t_col[pm_t], t_col[pn_t]
-        Bb[:, :3].index_put_((pm_t[:, None], torch.arange(3, device=dev), tn[:, None]), Fp[:, :3, M.RHO],
-                             accumulate=True)
-        Cg.index_put_((tm, tn), Fp[:, M.RHO, M.RHO], accumulate=True)
+        idx = ((pm_t[:, None] * kl + torch.arange(3, device=dev)) * G + tn[:, None]).reshape(-1)  # (m, r < 3, t_n)
+        Bb.view(b, -1).index_add_(1, idx, Fp[:, :, :3, M.RHO].reshape(b, -1))
+        Cg.view(b, -1).index_add_(1, tm * G + tn, Fp[:, :, M.RHO, M.RHO])
     if background_free:
-        Bb[:, :, zi] = Fz[:, :kl]
+        Bb[..., zi] = Fz[..., :kl]
         if common:
-            Cg[:n_types, zi].index_add_(0, t_col, Fz[:, M.RHO])
-            Cg[zi, :n_types] = Cg[:n_types, zi]
-        Cg[zi, zi] = Fzz
-    return Bb[..., :ng], Cg[:ng, :ng]
+            Cg[:, :n_types, zi].index_add_(1, t_col, Fz[..., M.RHO])
+            Cg[:, zi, :n_types] = Cg[:, :n_types, zi]
+        Cg[:, zi, zi] = Fzz
+    return Bb[..., :ng], Cg[:, :ng, :ng]
 
 
 def _jacobi_scaled(Fl, Bb, Cg, pm_t, pn_t, N):
-    """F scaled to a unit diagonal; parameters without information (diagonal ≤ 1e-14 of the largest) are
-    decoupled (zero row and column, unit diagonal). Returns the scaled blocks, border and border block, the
-    scales and the informed-parameter flags."""
+    """F scaled to a unit diagonal per frame; parameters without information (diagonal ≤ 1e-14 of the frame's
+    largest) are decoupled (zero row and column, unit diagonal). Returns the scaled blocks, border and border
+    block, the scales and the informed-parameter flags."""
     dev, dt = Fl.device, Fl.dtype
-    kl = Fl.shape[-1]
+    b, _, kl, _ = Fl.shape
     same = pm_t == pn_t
-    diag_l = torch.diagonal(Fl[same], dim1=-2, dim2=-1)  # (N, kl) from the pairs (m, m)
-    diag_l = torch.zeros(N, kl, dtype=dt, device=dev).index_copy_(0, pm_t[same], diag_l)
-    diag_g = torch.diagonal(Cg)
-    dmax = torch.cat((diag_l.reshape(-1), diag_g)).max()
-    known_l, known_g = diag_l > 1e-14 * dmax, diag_g > 1e-14 * dmax
+    diag_l = torch.diagonal(Fl[:, same], dim1=-2, dim2=-1)  # (b, N, kl) from the pairs (m, m)
+    diag_l = torch.zeros(b, N, kl, dtype=dt, device=dev).index_copy_(1, pm_t[same], diag_l)
+    diag_g = torch.diagonal(Cg, dim1=-2, dim2=-1)
+    dmax = torch.cat((diag_l.reshape(b, -1), diag_g), 1).amax(1)
+    known_l, known_g = diag_l > 1e-14 * dmax[:, None, None], diag_g > 1e-14 * dmax[:, None]
     s_l = torch.where(known_l, diag_l.clamp_min(1e-300).rsqrt(), 0.0)
     s_g = torch.where(known_g, diag_g.clamp_min(1e-300).rsqrt(), 0.0)
-    Fl = Fl * s_l[pm_t][:, :, None] * s_l[pn_t][:, None, :]
+    Fl = Fl * s_l[:, pm_t][..., :, None] * s_l[:, pn_t][..., None, :]
     # the scaled diagonal is 1, and a decoupled parameter (a zero row) gets a unit pivot: set both in one write
-    Fl.diagonal(dim1=-2, dim2=-1)[same] = 1.0
-    Bb = Bb * s_l[..., None] * s_g
-    Cg = Cg * s_g[:, None] * s_g + torch.diag((~known_g).to(dt))
+    Fl.diagonal(dim1=-2, dim2=-1)[:, same] = 1.0
+    Bb = Bb * s_l[..., None] * s_g[:, None, None, :]
+    Cg = Cg * s_g[:, :, None] * s_g[:, None, :] + torch.diag_embed((~known_g).to(dt))
     return Fl, Bb, Cg, s_l, s_g, known_l, known_g
 
 
 def _tridiagonal_blocks(Fl, pm, pn, slab, kl):
-    """Diagonal blocks D_k (n_k × n_k) and sub-diagonal blocks S_k (n_{k+1} × n_k) of A, n_k = kl × the columns of
-    slab k, and the columns of each slab (their order inside it). Pairs must not skip a slab."""
+    """Diagonal blocks D_k (b, n_k, n_k) and sub-diagonal blocks S_k (b, n_{k+1}, n_k) of A, n_k = kl × the columns
+    of slab k, and the columns of each slab (their order inside it). Pairs must not skip a slab."""
     dev, dt = Fl.device, Fl.dtype
+    b = Fl.shape[0]
     N = len(slab)
     K = int(slab.max()) + 1
     order = np.lexsort((np.arange(N), slab))  # columns slab by slab
@@ -434,85 +471,84 @@ def _tridiagonal_blocks(Fl, pm, pn, slab, kl):
     sm, sn = slab[pm], slab[pn]
     if np.any(np.abs(sm - sn) > 1):
         raise RuntimeError("internal error: overlapping windows in non-adjacent slabs")
-    # flat buffer: the D_k, then the S_k; the entry of the ordered pair (m, n) goes to row (m, r) and column (n, q)
-    # of D_k (same slab) or S_k (m in slab k + 1, n in k); pairs with m in the lower slab are the transposes of
-    # those and are not needed
+    # flat buffer per frame: the D_k, then the S_k; the entry of the ordered pair (m, n) goes to row (m, r) and
+    # column (n, q) of D_k (same slab) or S_k (m in slab k + 1, n in k); pairs with m in the lower slab are the
+    # transposes of those and are not needed
     d_base = np.concatenate(([0], np.cumsum(n_k * n_k)[:-1]))
     s_sizes = n_k[1:] * n_k[:-1]
     s_base = int((n_k * n_k).sum()) + np.concatenate(([0], np.cumsum(s_sizes)[:-1])).astype(np.int64)
-    buf = torch.zeros(int((n_k * n_k).sum() + s_sizes.sum()), dtype=dt, device=dev)
+    buf = torch.zeros(b, int((n_k * n_k).sum() + s_sizes.sum()), dtype=dt, device=dev)
     keep = sm >= sn
     base = np.where(sm == sn, d_base[sn], np.append(s_base, 0)[sn])[keep]  # S_k starts at s_base[k], k = slab of n
     rr = np.arange(kl)
     row = (pos_in[pm[keep]] * kl)[:, None, None] + rr[None, :, None]  # (m, r) inside its slab, (E', kl, 1)
     col = (pos_in[pn[keep]] * kl)[:, None, None] + rr[None, None, :]  # (n, q) inside its slab, (E', 1, kl)
     idx = base[:, None, None] + row * n_k[sn[keep]][:, None, None] + col
-    buf.index_add_(0, torch.as_tensor(idx.reshape(-1), device=dev), Fl[torch.as_tensor(keep, device=dev)].reshape(-1))
-    Dk = [buf[d_base[k]: d_base[k] + n_k[k] ** 2].view(int(n_k[k]), int(n_k[k])) for k in range(K)]
-    Sk = [buf[s_base[k]: s_base[k] + s_sizes[k]].view(int(n_k[k + 1]), int(n_k[k])) for k in range(K - 1)]
+    buf.index_add_(1, torch.as_tensor(idx.reshape(-1), device=dev),
+                   Fl[:, torch.as_tensor(keep, device=dev)].reshape(b, -1))
+    Dk = [buf[:, d_base[k]: d_base[k] + n_k[k] ** 2].view(b, int(n_k[k]), int(n_k[k])) for k in range(K)]
+    Sk = [buf[:, s_base[k]: s_base[k] + s_sizes[k]].view(b, int(n_k[k + 1]), int(n_k[k])) for k in range(K - 1)]
     slab_cols = [torch.as_tensor(order[starts[k]: starts[k] + counts[k]], device=dev) for k in range(K)]
     return Dk, Sk, slab_cols
 
 
 def _block_cholesky(Dk, Sk):
-    """Block Cholesky factor of the block-tridiagonal A: diagonal factors L_k and L_{k+1,k} = S_k L_k⁻ᵀ."""
+    """Block Cholesky factor of the block-tridiagonal A of b frames: diagonal factors L_k and
+    L_{k+1,k} = S_k L_k⁻ᵀ, and the frames where A is not positive definite (their factors are not used)."""
     L, Lsub, info = [], [], []
     for k in range(len(Dk)):
-        A = Dk[k] if not k else torch.addmm(Dk[k], Lsub[-1], Lsub[-1].T, alpha=-1)
+        A = Dk[k] if not k else torch.baddbmm(Dk[k], Lsub[-1], Lsub[-1].mT, alpha=-1)
         Lk, ok = torch.linalg.cholesky_ex(A)
         L.append(Lk)
         info.append(ok)
         if k < len(Dk) - 1:
-            Lsub.append(torch.linalg.solve_triangular(Lk, Sk[k].T, upper=False).T)
-    if bool(torch.stack(info).any()):  # one check (a host sync on a GPU) for all slabs
-        raise ValueError("the Fisher information is singular: two columns coincide or a column has zero "
-                         "height; remove it before computing the CRLB")
-    return L, Lsub
+            Lsub.append(torch.linalg.solve_triangular(Lk, Sk[k].mT, upper=False).mT)
+    return L, Lsub, torch.stack(info).ne(0).any(0)
 
 
 def _border_solve(L, Lsub, B, Cg):
-    """Z = A⁻¹B (rows slab by slab) by block forward and back substitution, and the inverse of the Schur
-    complement S = C − BᵀZ of the shared parameters (Z None and S⁻¹ None without shared parameters)."""
+    """Z = A⁻¹B (rows slab by slab) by block forward and back substitution, the inverse of the Schur complement
+    S = C − BᵀZ of the shared parameters, and the frames where S is not positive definite (Z and S⁻¹ None without
+    shared parameters)."""
     K = len(L)
-    if not Cg.shape[0]:
-        return None, None
-    Bk = B.split([len(Lk) for Lk in L])
+    if not Cg.shape[-1]:
+        return None, None, torch.zeros(Cg.shape[0], dtype=torch.bool, device=Cg.device)
+    Bk = B.split([Lk.shape[-1] for Lk in L], dim=1)
     y = []
     for k in range(K):
-        rhs = Bk[k] if k == 0 else torch.addmm(Bk[k], Lsub[k - 1], y[-1], alpha=-1)
+        rhs = Bk[k] if k == 0 else torch.baddbmm(Bk[k], Lsub[k - 1], y[-1], alpha=-1)
         y.append(torch.linalg.solve_triangular(L[k], rhs, upper=False))
     Z = [None] * K
     for k in reversed(range(K)):
-        rhs = y[k] if k == K - 1 else torch.addmm(y[k], Lsub[k].T, Z[k + 1], alpha=-1)
-        Z[k] = torch.linalg.solve_triangular(L[k].T, rhs, upper=True)
-    Z = torch.cat(Z)
-    Ls, info = torch.linalg.cholesky_ex(Cg - B.T @ Z)
-    if int(info):
-        raise ValueError("the Fisher information is singular (shared width or background not determined)")
-    return Z, torch.cholesky_inverse(Ls)
+        rhs = y[k] if k == K - 1 else torch.baddbmm(y[k], Lsub[k].mT, Z[k + 1], alpha=-1)
+        Z[k] = torch.linalg.solve_triangular(L[k].mT, rhs, upper=True)
+    Z = torch.cat(Z, 1)
+    Ls, info = torch.linalg.cholesky_ex(Cg - B.mT @ Z)
+    return Z, torch.cholesky_inverse(Ls), info != 0
 
 
 def _selected_inverse(L, Lsub, Z, S_inv, ordered, kl):
-    """Diagonal kl×kl blocks of the column part of F⁻¹ (N, kl, kl) and the columns' covariances with the shared
-    parameters (N, kl, ng); ``ordered`` lists the columns slab by slab (the row order of the factors and of Z)."""
+    """Diagonal kl×kl blocks of the column part of F⁻¹ (b, N, kl, kl) and the columns' covariances with the shared
+    parameters (b, N, kl, ng); ``ordered`` lists the columns slab by slab (the row order of the factors and of Z)."""
     N = len(ordered)
+    b = L[0].shape[0]
     blocks = []
     Sigma = None
     for k in reversed(range(len(L))):  # last slab first
         Sigma_k = torch.cholesky_inverse(L[k])
         if Sigma is not None:
-            U = torch.linalg.solve_triangular(L[k].T, Lsub[k].T, upper=True)  # L_k⁻ᵀ L_{k+1,k}ᵀ
-            Sigma_k = torch.addmm(Sigma_k, U, Sigma @ U.T)
+            U = torch.linalg.solve_triangular(L[k].mT, Lsub[k].mT, upper=True)  # L_k⁻ᵀ L_{k+1,k}ᵀ
+            Sigma_k = torch.baddbmm(Sigma_k, U, Sigma @ U.mT)
         Sigma = Sigma_k
-        nc = len(Sigma) // kl
-        blocks.append(Sigma.view(nc, kl, nc, kl).diagonal(dim1=0, dim2=2).permute(2, 0, 1))  # (nc, kl, kl)
-    cov = torch.cat(blocks[::-1])  # (N, kl, kl) slab by slab
-    ng = 0 if S_inv is None else S_inv.shape[0]
-    cross = torch.zeros(N, kl, max(ng, 1), dtype=cov.dtype, device=cov.device)
+        nc = Sigma.shape[-1] // kl
+        blocks.append(Sigma.view(b, nc, kl, nc, kl).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2))  # (b, nc, kl, kl)
+    cov = torch.cat(blocks[::-1], 1)  # (b, N, kl, kl) slab by slab
+    ng = 0 if S_inv is None else S_inv.shape[-1]
+    cross = torch.zeros(b, N, kl, max(ng, 1), dtype=cov.dtype, device=cov.device)
     if ng:  # the border's share: + Z S⁻¹ Zᵀ on the diagonal blocks, covariance −Z S⁻¹ with the shared parameters
-        zc = Z.view(N, kl, ng)
-        zs = zc @ S_inv
-        cov = cov + zs @ zc.transpose(1, 2)
+        zc = Z.view(b, N, kl, ng)
+        zs = zc @ S_inv[:, None]
+        cov = cov + zs @ zc.transpose(-1, -2)
         cross[..., :ng] = -zs
     # back to the columns' own order
-    return torch.empty_like(cov).index_copy_(0, ordered, cov), torch.empty_like(cross).index_copy_(0, ordered, cross)
+    return torch.empty_like(cov).index_copy_(1, ordered, cov), torch.empty_like(cross).index_copy_(1, ordered, cross)

@@ -387,7 +387,8 @@ def overlap_pairs(geom: PatchGeometry) -> torch.Tensor:
 
 def shifted_rows(v: torch.Tensor, first: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rows ``v[first]`` (K, P) of ``v`` (M, P) read ``shift`` (K,) pixels later, zero past their ends:
-    out[k, a] = v[first_k, a + shift_k] (|shift| < P). One strided ``index_select`` on a zero-padded copy."""
+    out[k, a] = v[first_k, a + shift_k] (|shift| ≤ P; ±P reads only zeros). One strided ``index_select`` on a
+    zero-padded copy."""
     P = v.shape[-1]
     flat = torch.nn.functional.pad(v, (P, P)).reshape(-1)  # row r: P zeros, v[r], P zeros
     windows = flat.as_strided((flat.numel() - P + 1, P), (1, 1), flat.storage_offset())
