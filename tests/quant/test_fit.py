@@ -2,6 +2,7 @@
 
 
 import contextlib
+import math
 
 import numpy as np
 import pandas as pd
@@ -512,16 +513,22 @@ def test_fit_bounds_use_the_fit_windows():
 
 
 @pytest.mark.parametrize("width", ["common", "individual"])
-def test_crlb_of_a_stack_is_that_of_each_frame(width):
+@pytest.mark.parametrize("batched", [True, False])
+def test_crlb_of_a_stack_is_that_of_each_frame(width, batched, monkeypatch):
     """Frames go through the CRLB in batched chunks with one coupling pattern (the union of the frames' overlapping
-    windows, one slab order for all): each frame's bounds equal those of the frame alone, also when its columns
-    sit on other pixels (other windows, other overlaps), and a frame without a bound (a non-finite parameter, a
-    negative Poisson intensity) gets NaN without touching the others."""
-    from stemquant.quant._crlb import crlb_from_state
+    windows, one slab order for all) or, when that pattern would cost too much, one by one: either way each frame's
+    bounds equal those of the frame alone, also when its columns sit on other pixels (other windows, other
+    overlaps), and a frame without a bound (a non-finite parameter, a negative Poisson intensity, two coincident
+    columns of one width) gets NaN without touching the others."""
+    from stemquant.quant import _crlb
 
+    monkeypatch.setattr(_crlb, "_UNION_COST", math.inf if batched else 0.0)
+    batch = []
+    fisher = _crlb._fisher_blocks
+    monkeypatch.setattr(_crlb, "_fisher_blocks", lambda *a: batch.append(a[2].shape[0]) or fisher(*a))
     rng = np.random.default_rng(5)
     pos, shape = lattice(5, spacing=1.9)
-    B, N = 6, len(pos)
+    B, N = 7, len(pos)
     xy = pos + rng.normal(0, 0.05, (B, N, 2))
     xy[2] += rng.uniform(-0.6, 0.6, (N, 2))  # 3 px: other windows and another set of overlapping pairs
     rho = np.full((B, N), 0.45) * (rng.uniform(0.9, 1.1, (B, N)) if width == "individual" else 1.0)
@@ -529,19 +536,60 @@ def test_crlb_of_a_stack_is_that_of_each_frame(width):
     zeta = np.full(B, 0.005)
     xy[3, 4, 0] = np.nan
     eta[4, 7] = -1.0  # λ < 0 around this column
+    xy[6, 9], rho[6, 9] = xy[6, 8], rho[6, 8]  # two coincident columns of one width: a singular Fisher matrix
+    bad = (3, 4, 6)
     kw = dict(dose=1e4, noise="poisson", noise_sigma=None, width=width, background_free=True,
               types=np.zeros(N, dtype=np.int64))
-    out = crlb_from_state(xy, rho, eta, zeta, shape, P, invalid="nan", **kw)
+    out = _crlb.crlb_from_state(xy, rho, eta, zeta, shape, P, invalid="nan", **kw)
+    assert max(batch) == (B - 1 if batched else 1)  # one chunk of the 6 frames with finite parameters
     for f in range(B):
-        one = crlb_from_state(xy[f:f + 1], rho[f:f + 1], eta[f:f + 1], zeta[f:f + 1], shape, P, invalid="nan", **kw)
+        one = _crlb.crlb_from_state(xy[f:f + 1], rho[f:f + 1], eta[f:f + 1], zeta[f:f + 1], shape, P, invalid="nan",
+                                    **kw)
         for name in ("x_crlb", "y_crlb", "scs_crlb"):
-            if f in (3, 4):
+            if f in bad:
                 assert np.isnan(out[name][f]).all() and np.isnan(one[name][0]).all()
             else:
                 np.testing.assert_allclose(out[name][f], one[name][0], rtol=1e-10, err_msg=f"{name}, frame {f}")
-    with pytest.raises(ValueError, match="non-positive intensity"):
-        crlb_from_state(np.delete(xy, 3, 0), np.delete(rho, 3, 0), np.delete(eta, 3, 0), np.delete(zeta, 3), shape,
-                        P, **kw)
+    for drop, match in ((3, "non-positive intensity"), ([3, 4], "singular"), (4, "non-finite")):
+        with pytest.raises(ValueError, match=match):
+            keep = np.setdiff1d(np.arange(B), drop)
+            _crlb.crlb_from_state(xy[keep], rho[keep], eta[keep], zeta[keep], shape, P, **kw)
+
+
+def test_crlb_chunk_with_a_diverged_column_goes_frame_by_frame(monkeypatch):
+    """One column that ran across the image in one frame would put every column between its two places into one
+    slab for the whole chunk: the chunk goes frame by frame instead, with the same bounds."""
+    from stemquant.quant import _crlb
+
+    batch = []
+    fisher = _crlb._fisher_blocks
+    monkeypatch.setattr(_crlb, "_fisher_blocks", lambda *a: batch.append(a[2].shape[0]) or fisher(*a))
+    pos, shape = lattice(10, spacing=2.0)
+    B, N = 3, len(pos)
+    xy = np.broadcast_to(pos, (B, N, 2)).copy()
+    kw = dict(dose=1e4, noise="poisson", noise_sigma=None, width="common", background_free=True,
+              types=np.zeros(N, dtype=np.int64))
+    args = (np.full((B, N), 0.45), np.full((B, N), 0.05), np.full(B, 0.005), shape, P)
+    _crlb.crlb_from_state(xy, *args, **kw)
+    assert batch == [B]  # the same windows in every frame: one chunk
+    batch.clear()
+    xy[1, 0] = xy[1, -1] - 1.0  # the first column ran to the far corner (1 Å from the last one)
+    out = _crlb.crlb_from_state(xy, *args, **kw)
+    assert batch == [1] * B
+    one = _crlb.crlb_from_state(xy[1:2], args[0][:1], args[1][:1], args[2][:1], shape, P, **kw)
+    np.testing.assert_allclose(out["x_crlb"][1], one["x_crlb"][0], rtol=1e-10)
+
+
+@pytest.mark.parametrize("width", ["individual", "common", "fixed"])
+@pytest.mark.parametrize("apart", [0.0, 1e-9, 1e-3])
+def test_crlb_of_coincident_columns_is_refused(width, apart):
+    """Two columns less than ~0.001 Å apart make F numerically singular: rounding used to give either an error or a
+    bound of 10³–10⁶ Å at random. Now always the clear error (``fit_columns``: NaN and a warning)."""
+    pos = np.array([[2.0, 2.0], [2.0 + apart, 2.0], [3.8, 2.1]])
+    with pytest.raises(ValueError, match="singular"):
+        column_crlb(pos, 0.45, 0.05, 0.005, (30, 30), P, 1e4, width=width)
+    ok = column_crlb(pos + [[0, 0], [0.07, 0], [0, 0]], 0.45, 0.05, 0.005, (30, 30), P, 1e4, width=width)
+    assert np.isfinite(ok.to_numpy()).all()  # 0.07 Å apart: a large but meaningful bound
 
 
 def test_crlb_scales_with_dose():

@@ -11,7 +11,7 @@ background ζ unless it is fixed. Sharing parameters lowers the bound: compare a
 parametrisation. F is assembled block by block from separable window moments (``_fisher_blocks``) and only the
 blocks of F⁻¹ that the bounds need are computed, by block-tridiagonal selected inversion over slabs of columns
 (``_selected_covariance``): cost linear in the image length and cubic only in the size of one slab, where the dense
-inverse of earlier versions was cubic in the number of columns (19.6 s for 2,000 columns against ~0.5 s now).
+inverse of earlier versions was cubic in the number of columns (19.6 s for 2,000 columns against ~0.1 s now).
 The derivative windows are truncated at ``truncation`` widths, by default 4 — the window of ``fit_columns``, so that
 the bound is that of the model being fitted. Against untruncated Gaussians this moves a bound by at most half the
 information in the tails beyond 4 widths: ≤ 6·10⁻⁴ relative for x and y (2·(4φ(4) + Q(4)) + 2Q(4) of the
@@ -75,8 +75,9 @@ def column_crlb(
     types : array of int, shape (N,), optional
         Column types (for ``width="common"``).
     truncation : float
-        Half-size of the derivative windows [widths]; 4 (the default of ``fit_columns``) changes the bounds of
-        untruncated Gaussians by < 10⁻³ relative (module notes).
+        Half-size of the derivative windows [widths] (of the widest column; one size for all columns and, in
+        ``fit_columns``, for all frames of a call); 4 (the default of ``fit_columns``) changes the bounds of
+        untruncated Gaussians by ≤ 3.4·10⁻³ relative in theory, ≤ 10⁻³ measured (module notes).
 
     Returns
     -------
@@ -152,7 +153,7 @@ def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, 
     good = torch.isfinite(c_all).all(-1) & torch.isfinite(r_all) & torch.isfinite(e_all) & (r_all > 0)  # (B, N)
     ok = (good.all(1) & torch.isfinite(z_all)).cpu().numpy()
     if invalid == "raise" and not ok.all():
-        raise ValueError("non-finite or non-positive parameters")
+        raise ValueError(f"non-finite or non-positive parameters (frame {int(np.flatnonzero(~ok)[0])})")
     r_ok = r_all[good]
     # windows wider than the image add nothing for centres inside it (and a diverged width must not allocate them)
     h = max(2, min(int(math.ceil(truncation * float(r_ok.max()))) if r_ok.numel() else 2, max(shape)))
@@ -181,6 +182,11 @@ def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, 
     return out
 
 
+# A chunk whose common pattern (pairs, or Σ n_k³ of its slabs) costs more than this many times its frames' own goes
+# frame by frame: one column that diverged across the image in one frame would otherwise put half the image into
+# one slab for the whole chunk (measured by a review: 284 ms against 60 ms per frame).
+_UNION_COST = 1.5
+
 # Window pixels (frames × columns × (2h+1)²) per chunk of frames, CPU / GPU: ~4 frames of 400 columns 25 px wide on
 # a CPU (the pair products then hold ~100 MB); more frames gain little there.
 _CHUNK_PIXELS = (1e6, 1e7)
@@ -206,9 +212,20 @@ def _chunk_crlb(c, r, e, zeta, sigma, shape, h, noise, width, background_free, t
     else:
         w = real / sigma[:, None] ** 2
     pm, pn = _overlapping_pairs(geom)
+    i0, j0 = geom.i0.cpu().numpy(), geom.j0.cpu().numpy()
+    slab, cost = _slabs(i0, j0, geom.h)
+    if b > 1:
+        # the chunk's common pattern must not cost much more than its frames alone (a diverged column in one frame
+        # would couple half the image in all of them): otherwise the frames go one by one
+        own_pairs = np.bincount(M.overlap_pairs(geom)[0].cpu().numpy() // N, minlength=b) + N
+        own_cost = sum(_slabs(i0[f: f + 1], j0[f: f + 1], geom.h)[1] for f in range(b))
+        if b * len(pm) > _UNION_COST * own_pairs.sum() or b * cost > _UNION_COST * own_cost:
+            parts = [_chunk_crlb(c[f: f + 1], r[f: f + 1], e[f: f + 1], zeta[f: f + 1],
+                                 None if sigma is None else sigma[f: f + 1], shape, h, noise, width, background_free,
+                                 t_col, n_types) for f in range(b)]
+            return [np.concatenate([q[0][k] for q in parts]) for k in range(3)], [q[1][0] for q in parts]
     Fp, Fz, pm, pn = _fisher_blocks(geom, prof, c, r, e, w.reshape(-1), pm, pn)
-    var, singular = _selected_covariance(Fp, Fz, w.sum(1), pm, pn, _slabs(geom), width, background_free, t_col,
-                                         n_types)
+    var, singular = _selected_covariance(Fp, Fz, w.sum(1), pm, pn, slab, width, background_free, t_col, n_types)
     vx, vy, ve, ver, vr = (v.cpu().numpy() for v in var)
     # SCS = 2π η ρ² (data units, px) -> gradient wrt (η_n, ρ): ∂/∂η = 2πρ², ∂/∂ρ = 4πηρ (eqs. 2.28–2.29)
     rn, en = r.cpu().numpy(), e.cpu().numpy()
@@ -325,19 +342,20 @@ def _powers(d: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat((torch.ones_like(rest[..., :1, :]), rest), -2)
 
 
-def _slabs(geom: M.PatchGeometry) -> np.ndarray:
+def _slabs(i0: np.ndarray, j0: np.ndarray, h: int) -> tuple[np.ndarray, float]:
     """Slab index of every column such that, in every frame, only columns of the same or of adjacent slabs have
-    overlapping windows (so F restricted to the columns is block tridiagonal).
+    overlapping windows (so F restricted to the columns is block tridiagonal), and the cost Σ n_k³ of the slabs.
 
+    ``i0``, ``j0`` (b, N): the windows' first rows and columns [px] in each frame; windows are 2h+1 pixels wide.
     Level sets of a sweep along one image axis over the columns' window origins, each an interval [lo, hi] over
-    the frames: slab 0 holds the columns at the smallest lo; a new slab starts at the first column whose lo is more
-    than 2h pixels beyond the largest hi of every earlier slab, and takes every column up to that reach. A column
-    of slab k+2 then starts more than 2h pixels beyond every column of slabs ≤ k in every frame, so their
-    (2h+1)-pixel windows cannot overlap. On a lattice this gives slabs of 1–2 rows where fixed-width bands of 2h
-    would hold more. The axis with the cheaper factorisation (Σ n_k³) is used.
+    the frames, in order of lo: slab 0 holds the columns at the smallest lo; slab k+1 starts at the next column and
+    takes every column whose lo is at most 2h pixels beyond the largest hi of slabs 0..k. A column of slab k+2 then
+    starts more than 2h pixels beyond every column of slabs ≤ k in every frame, so their windows cannot overlap.
+    On a lattice this gives slabs of 1–2 rows where fixed-width bands of 2h would hold more. The axis with the
+    cheaper factorisation (Σ n_k³) is used.
     """
     best = None
-    for origin in (geom.i0.cpu().numpy(), geom.j0.cpu().numpy()):
+    for origin in (i0, j0):
         lo, hi = origin.min(0), origin.max(0)
         values, inv = np.unique(lo, return_inverse=True)
         top_at = np.full(len(values), np.iinfo(np.int64).min)
@@ -346,14 +364,14 @@ def _slabs(geom: M.PatchGeometry) -> np.ndarray:
         k, reach, top = 0, values[0], top_at[0]
         for idx, v in enumerate(values):  # one pass over the distinct origins: negligible next to the algebra
             if v > reach:
-                k, reach = k + 1, top + 2 * geom.h
+                k, reach = k + 1, top + 2 * h
             level[idx] = k
             top = max(top, top_at[idx])
         slab = level[inv]
         cost = float((np.bincount(slab).astype(float) ** 3).sum())
-        if best is None or cost < best[0]:
-            best = (cost, slab)
-    return best[1]
+        if best is None or cost < best[1]:
+            best = (slab, cost)
+    return best
 
 
 def _selected_covariance(Fp, Fz, Fzz, pm, pn, slab, width, background_free, t_col, n_types):
@@ -499,11 +517,27 @@ def _block_cholesky(Dk, Sk):
     for k in range(len(Dk)):
         A = Dk[k] if not k else torch.baddbmm(Dk[k], Lsub[-1], Lsub[-1].mT, alpha=-1)
         Lk, ok = torch.linalg.cholesky_ex(A)
+        bad = (ok != 0) | _tiny_pivot(Lk)
+        # such a frame gets NaN bounds; its partial factor is replaced by I so that the batched solves and inverses
+        # below stay defined (cholesky_inverse raises on a singular factor)
+        Lk = torch.where(bad[:, None, None], torch.eye(Lk.shape[-1], dtype=Lk.dtype, device=Lk.device), Lk)
         L.append(Lk)
-        info.append(ok)
+        info.append(bad)
         if k < len(Dk) - 1:
             Lsub.append(torch.linalg.solve_triangular(Lk, Sk[k].mT, upper=False).mT)
-    return L, Lsub, torch.stack(info).ne(0).any(0)
+    return L, Lsub, torch.stack(info).any(0)
+
+
+# Smallest squared Cholesky pivot of the Jacobi-scaled (unit-diagonal) F that counts as information: a pivot² of
+# 1e-13 leaves a variance a relative rounding error of ~ε/1e-13 ≈ 2·10⁻³. Exactly coincident columns give pivots² of
+# 1e-16…1e-32 that rounding makes positive or not at random (a bound of 10³–10⁶ Å, or a failed factorisation);
+# columns 0.01 Å apart give ~1e-12 and a meaningful (large) bound.
+_PIVOT_MIN = 1e-13
+
+
+def _tiny_pivot(L: torch.Tensor) -> torch.Tensor:
+    """Frames (…,) whose Cholesky factor L (…, n, n) of a unit-diagonal matrix is numerically singular."""
+    return (torch.diagonal(L, dim1=-2, dim2=-1) ** 2).amin(-1) < _PIVOT_MIN
 
 
 def _border_solve(L, Lsub, B, Cg):
@@ -524,7 +558,9 @@ def _border_solve(L, Lsub, B, Cg):
         Z[k] = torch.linalg.solve_triangular(L[k].mT, rhs, upper=True)
     Z = torch.cat(Z, 1)
     Ls, info = torch.linalg.cholesky_ex(Cg - B.mT @ Z)
-    return Z, torch.cholesky_inverse(Ls), info != 0
+    bad = (info != 0) | _tiny_pivot(Ls)
+    Ls = torch.where(bad[:, None, None], torch.eye(Ls.shape[-1], dtype=Ls.dtype, device=Ls.device), Ls)
+    return Z, torch.cholesky_inverse(Ls), bad
 
 
 def _selected_inverse(L, Lsub, Z, S_inv, ordered, kl):
