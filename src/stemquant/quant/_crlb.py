@@ -517,9 +517,12 @@ def _block_cholesky(Dk, Sk):
     for k in range(len(Dk)):
         A = Dk[k] if not k else torch.baddbmm(Dk[k], Lsub[-1], Lsub[-1].mT, alpha=-1)
         Lk, ok = torch.linalg.cholesky_ex(A)
-        bad = (ok != 0) | _tiny_pivot(Lk)
+        bad = ok != 0
         # such a frame gets NaN bounds; its partial factor is replaced by I so that the batched solves and inverses
-        # below stay defined (cholesky_inverse raises on a singular factor)
+        # below stay defined (cholesky_inverse raises on a singular factor). No threshold on small pivots: two
+        # coincident columns give pivots² of 1e-16…1e-32 (or a failed factorisation) and a bound of 10³–10⁶ Å that
+        # says "undetermined", but so does a converged column shrunk onto one noisy pixel (~5e-16), and refusing
+        # the frame for it took the bounds of every healthy column with it (review helper-39).
         Lk = torch.where(bad[:, None, None], torch.eye(Lk.shape[-1], dtype=Lk.dtype, device=Lk.device), Lk)
         L.append(Lk)
         info.append(bad)
@@ -527,17 +530,6 @@ def _block_cholesky(Dk, Sk):
             Lsub.append(torch.linalg.solve_triangular(Lk, Sk[k].mT, upper=False).mT)
     return L, Lsub, torch.stack(info).any(0)
 
-
-# Smallest squared Cholesky pivot of the Jacobi-scaled (unit-diagonal) F that counts as information: a pivot² of
-# 1e-13 leaves a variance a relative rounding error of ~ε/1e-13 ≈ 2·10⁻³. Exactly coincident columns give pivots² of
-# 1e-16…1e-32 that rounding makes positive or not at random (a bound of 10³–10⁶ Å, or a failed factorisation);
-# columns 0.01 Å apart give ~1e-12 and a meaningful (large) bound.
-_PIVOT_MIN = 1e-13
-
-
-def _tiny_pivot(L: torch.Tensor) -> torch.Tensor:
-    """Frames (…,) whose Cholesky factor L (…, n, n) of a unit-diagonal matrix is numerically singular."""
-    return (torch.diagonal(L, dim1=-2, dim2=-1) ** 2).amin(-1) < _PIVOT_MIN
 
 
 def _border_solve(L, Lsub, B, Cg):
@@ -558,7 +550,7 @@ def _border_solve(L, Lsub, B, Cg):
         Z[k] = torch.linalg.solve_triangular(L[k].mT, rhs, upper=True)
     Z = torch.cat(Z, 1)
     Ls, info = torch.linalg.cholesky_ex(Cg - B.mT @ Z)
-    bad = (info != 0) | _tiny_pivot(Ls)
+    bad = info != 0
     Ls = torch.where(bad[:, None, None], torch.eye(Ls.shape[-1], dtype=Ls.dtype, device=Ls.device), Ls)
     return Z, torch.cholesky_inverse(Ls), bad
 
