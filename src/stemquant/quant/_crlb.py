@@ -135,7 +135,8 @@ def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, 
     pattern — the union of its frames' overlapping windows (a pair that does not overlap in one frame has a zero
     block there) and one slab order valid for all of them — so that every step, from the Fisher blocks to the
     selected inversion, is one batched operation over the chunk's frames: the ~1,000 small tensor operations of the
-    selected inversion are paid per chunk, not per frame (on a GPU: the same kernels with a batch dimension).
+    selected inversion are paid per chunk, not per frame (on a GPU: the same kernels with a batch dimension). A
+    chunk whose common pattern would cost more than ``_UNION_COST`` times its frames' own goes frame by frame.
     ``invalid="nan"`` gives a frame whose model has no bound (non-finite or non-positive parameters, non-positive
     Poisson intensity, singular Fisher matrix — e.g. a diverged fit) NaN bounds instead of raising; ``fit_columns``
     uses it so that such a frame does not cost the whole fit. ``pool`` (an object with an ordered ``map``, e.g. a
@@ -171,9 +172,9 @@ def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, 
 
     for f, (bounds, errors) in zip(chunks, map(chunk, chunks) if pool is None else pool.map(chunk, chunks),
                                    strict=True):
-        failed = [e for e in errors if e is not None]
+        failed = [(int(fi), e) for fi, e in zip(f, errors, strict=True) if e is not None]
         if failed and invalid == "raise":
-            raise ValueError(failed[0])
+            raise ValueError(f"{failed[0][1]} (frame {failed[0][0]})")
         for k, v in zip(("x_crlb", "y_crlb", "scs_crlb"), bounds, strict=True):
             out[k][f] = v
     out["x_crlb"] *= p
