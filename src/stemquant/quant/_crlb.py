@@ -154,7 +154,8 @@ def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, 
     good = torch.isfinite(c_all).all(-1) & torch.isfinite(r_all) & torch.isfinite(e_all) & (r_all > 0)  # (B, N)
     ok = (good.all(1) & torch.isfinite(z_all)).cpu().numpy()
     if invalid == "raise" and not ok.all():
-        raise ValueError(f"non-finite or non-positive parameters (frame {int(np.flatnonzero(~ok)[0])})")
+        raise ValueError("non-finite or non-positive parameters" + (f" (frame {int(np.flatnonzero(~ok)[0])})"
+                                                                     if B > 1 else ""))
     r_ok = r_all[good]
     # windows wider than the image add nothing for centres inside it (and a diverged width must not allocate them)
     h = max(2, min(int(math.ceil(truncation * float(r_ok.max()))) if r_ok.numel() else 2, max(shape)))
@@ -174,7 +175,7 @@ def crlb_from_state(pos, rho, eta, zeta, shape, p, *, dose, noise, noise_sigma, 
                                    strict=True):
         failed = [(int(fi), e) for fi, e in zip(f, errors, strict=True) if e is not None]
         if failed and invalid == "raise":
-            raise ValueError(f"{failed[0][1]} (frame {failed[0][0]})")
+            raise ValueError(failed[0][1] + (f" (frame {failed[0][0]})" if B > 1 else ""))
         for k, v in zip(("x_crlb", "y_crlb", "scs_crlb"), bounds, strict=True):
             out[k][f] = v
     out["x_crlb"] *= p
