@@ -669,6 +669,14 @@ class _Problem:
         return self.reduce(gcol, u.view(B, -1).sum(1, keepdim=True))  # u is already masked (zero on padding)
 
 
+# Narrowest width [px] of a converged column. Below ~half a pixel a Gaussian sampled at pixel centres no longer has
+# a determined volume: at ρ = 0.5 px the sampled sum is within ±3 % of 2πρ² wherever the centre sits, at 0.2 px it
+# is 4x too large on a pixel centre and 30x too small between pixels. A column the fit shrank onto one noisy pixel
+# (individual widths, low dose: 0.2 px in a review) is not an estimate; real columns are ≥ 1 px wide (ρ ≈ 0.3-0.7 Å
+# at pixel sizes ≤ 0.3 Å).
+_MIN_WIDTH_PX = 0.5
+
+
 # inference mode: no autograd bookkeeping (version counters, views' grad metadata), ~1-2 µs less per torch call.
 # A fit issues ~3,000 small operations, so this is ~10 % of a 400-column fit (paired A/B in benchmarks/RESULTS.md).
 # It is thread-local, hence on the function each worker thread runs.
@@ -925,7 +933,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         & (lam[:, None] <= 1e12)
         & (st.col[..., M.ETA] > 0)
         & (rho * truncation <= prob.geom.h + 0.5)
-        & (rho > 0.2)
+        & (rho >= _MIN_WIDTH_PX)
         & (moved < 4 * rho0c)
         & ~empty
     )
