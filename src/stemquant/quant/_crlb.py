@@ -13,11 +13,12 @@ blocks of F⁻¹ that the bounds need are computed, by block-tridiagonal selecte
 (``_selected_covariance``): cost linear in the image length and cubic only in the size of one slab, where the dense
 inverse of earlier versions was cubic in the number of columns (19.6 s for 2,000 columns against ~0.1 s now).
 The derivative windows are truncated at ``truncation`` widths, by default 4 — the window of ``fit_columns``, so that
-the bound is that of the model being fitted. Against untruncated Gaussians this moves a bound by at most half the
-information in the tails beyond 4 widths: ≤ 6·10⁻⁴ relative for x and y (2·(4φ(4) + Q(4)) + 2Q(4) of the
-position information, halved for a standard deviation) and ≤ 3.4·10⁻³ for terms through the width (fourth
-moment); measured ≤ 6.5·10⁻⁴ with no background and ~2·10⁻⁵ on the benchmark lattice. Five widths cost ~2× as
-much (windows 1.5× larger, and on a lattice often slabs of two rows instead of one).
+the bound is that of the model being fitted. Against untruncated Gaussians (background fixed) every variance grows
+by a factor in [1, 1/(1 − ε)], ε the cut tails' share of the Fisher information: ≤ 4.1·10⁻³ for an isolated
+column without background, the worst case (≤ 2·10⁻³ in a standard deviation; computed and checked in
+``test_crlb_default_truncation_is_within_the_tail_bound``). Measured: ≤ 6.5·10⁻⁴ without background, ≤ 10⁻³ with
+a free one, ~2·10⁻⁵ on the benchmark lattice. Five widths cost ~2× as much (windows 1.5× larger, and on a lattice
+often slabs of two rows instead of one).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def column_crlb(
     truncation : float
         Half-size of the derivative windows [widths] (of the widest column; one size for all columns and, in
         ``fit_columns``, for all frames of a call); 4 (the default of ``fit_columns``) changes the bounds of
-        untruncated Gaussians by ≤ 3.4·10⁻³ relative in theory, ≤ 10⁻³ measured (module notes).
+        untruncated Gaussians by ≤ 2·10⁻³ relative in the worst case, ≤ 10⁻³ measured (module notes).
 
     Returns
     -------
@@ -199,26 +200,14 @@ def _chunk_crlb(c, r, e, zeta, sigma, shape, h, noise, width, background_free, t
     """Bounds of a chunk of b frames in pixel and data units: (sd x, sd y, sd SCS), each (b, N), and per frame
     None or the reason why it has no bound (its bounds are then NaN)."""
     b, N = r.shape
-    f64 = dict(dtype=torch.float64, device=c.device)
     geom = M.make_geometry(c[..., 0], c[..., 1], h, shape)
-    prof = M.profiles(geom, c[..., 0], c[..., 1], r)
-    errors = [None] * b
-    # weights of the Fisher information (eq. 2.27) on the padded frames: 1/λ (Poisson) or 1/σ² (Gaussian)
-    real = torch.nn.functional.pad(torch.ones(shape, **f64), (h, h, h, h)).reshape(1, -1) > 0
-    if noise == "poisson":
-        lam = M.render(geom, prof, e, zeta, real.view(geom.padded_shape).to(torch.float64)).view(b, -1)
-        for i in torch.nonzero(((lam <= 0) & real).any(1)).flatten().tolist():
-            errors[i] = ("the model image has non-positive intensity: the Poisson CRLB needs λ > 0 everywhere "
-                         "(give a positive background)")
-        w = torch.where(real & (lam > 0), 1.0 / lam, 0.0)
-    else:
-        w = real / sigma[:, None] ** 2
     pm, pn = _overlapping_pairs(geom)
     i0, j0 = geom.i0.cpu().numpy(), geom.j0.cpu().numpy()
     slab, cost = _slabs(i0, j0, geom.h)
     if b > 1:
         # the chunk's common pattern must not cost much more than its frames alone (a diverged column in one frame
-        # would couple half the image in all of them): otherwise the frames go one by one
+        # would couple half the image in all of them): otherwise the frames go one by one (decided from the
+        # windows alone, before any pixel work)
         own_pairs = np.bincount(M.overlap_pairs(geom)[0].cpu().numpy() // N, minlength=b) + N
         own_cost = sum(_slabs(i0[f: f + 1], j0[f: f + 1], geom.h)[1] for f in range(b))
         if b * len(pm) > _UNION_COST * own_pairs.sum() or b * cost > _UNION_COST * own_cost:
@@ -226,6 +215,19 @@ def _chunk_crlb(c, r, e, zeta, sigma, shape, h, noise, width, background_free, t
                                  None if sigma is None else sigma[f: f + 1], shape, h, noise, width, background_free,
                                  t_col, n_types) for f in range(b)]
             return [np.concatenate([q[0][k] for q in parts]) for k in range(3)], [q[1][0] for q in parts]
+    prof = M.profiles(geom, c[..., 0], c[..., 1], r)
+    errors = [None] * b
+    # weights of the Fisher information (eq. 2.27) on the padded frames: 1/λ (Poisson) or 1/σ² (Gaussian)
+    mask = torch.nn.functional.pad(torch.ones(shape, dtype=torch.float64, device=c.device), (h, h, h, h))
+    real = mask.reshape(1, -1) > 0
+    if noise == "poisson":
+        lam = M.render(geom, prof, e, zeta, mask).view(b, -1)
+        for i in torch.nonzero(((lam <= 0) & real).any(1)).flatten().tolist():
+            errors[i] = ("the model image has non-positive intensity: the Poisson CRLB needs λ > 0 everywhere "
+                         "(give a positive background)")
+        w = torch.where(real & (lam > 0), 1.0 / lam, 0.0)
+    else:
+        w = real / sigma[:, None] ** 2
     Fp, Fz, pm, pn = _fisher_blocks(geom, prof, c, r, e, w.reshape(-1), pm, pn)
     var, singular = _selected_covariance(Fp, Fz, w.sum(1), pm, pn, slab, width, background_free, t_col, n_types)
     vx, vy, ve, ver, vr = (v.cpu().numpy() for v in var)
@@ -518,20 +520,26 @@ def _block_cholesky(Dk, Sk):
     L, Lsub, info = [], [], []
     for k in range(len(Dk)):
         A = Dk[k] if not k else torch.baddbmm(Dk[k], Lsub[-1], Lsub[-1].mT, alpha=-1)
-        Lk, ok = torch.linalg.cholesky_ex(A)
-        bad = ok != 0
-        # such a frame gets NaN bounds; its partial factor is replaced by I so that the batched solves and inverses
-        # below stay defined (cholesky_inverse raises on a singular factor). No threshold on small pivots: two
-        # coincident columns give pivots² of 1e-16…1e-32 (or a failed factorisation) and a bound of 10³–10⁶ Å that
-        # says "undetermined", but so does a converged column shrunk onto one noisy pixel (~5e-16), and refusing
-        # the frame for it took the bounds of every healthy column with it (review helper-39).
-        Lk = torch.where(bad[:, None, None], torch.eye(Lk.shape[-1], dtype=Lk.dtype, device=Lk.device), Lk)
+        Lk, bad = _cholesky(A)
         L.append(Lk)
         info.append(bad)
         if k < len(Dk) - 1:
             Lsub.append(torch.linalg.solve_triangular(Lk, Sk[k].mT, upper=False).mT)
     return L, Lsub, torch.stack(info).any(0)
 
+
+def _cholesky(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cholesky factors of a batch of matrices (b, n, n) and the frames (b,) where A is not positive definite.
+
+    Such a frame gets NaN bounds; its partial factor is replaced by I so that the batched solves and inverses that
+    follow stay defined (``cholesky_inverse`` raises on a singular factor, for the whole batch). No threshold on
+    small pivots: two coincident columns give pivots² of 1e-16…1e-32 (or a failed factorisation) and a bound of
+    10³–10⁶ Å that says "undetermined", but so does a converged column shrunk onto one noisy pixel (~5e-16), and
+    refusing the frame for it took the bounds of every healthy column with it (review helper-39).
+    """
+    L, info = torch.linalg.cholesky_ex(A)
+    bad = info != 0
+    return torch.where(bad[:, None, None], torch.eye(L.shape[-1], dtype=L.dtype, device=L.device), L), bad
 
 
 def _border_solve(L, Lsub, B, Cg):
@@ -551,9 +559,7 @@ def _border_solve(L, Lsub, B, Cg):
         rhs = y[k] if k == K - 1 else torch.baddbmm(y[k], Lsub[k].mT, Z[k + 1], alpha=-1)
         Z[k] = torch.linalg.solve_triangular(L[k].mT, rhs, upper=True)
     Z = torch.cat(Z, 1)
-    Ls, info = torch.linalg.cholesky_ex(Cg - B.mT @ Z)
-    bad = info != 0
-    Ls = torch.where(bad[:, None, None], torch.eye(Ls.shape[-1], dtype=Ls.dtype, device=Ls.device), Ls)
+    Ls, bad = _cholesky(Cg - B.mT @ Z)
     return Z, torch.cholesky_inverse(Ls), bad
 
 
