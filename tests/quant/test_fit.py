@@ -100,6 +100,67 @@ def test_strongly_overlapping_pair_from_the_default_start():
         np.testing.assert_allclose(fit.scs, 2 * np.pi * 0.4**2, rtol=1e-3)
 
 
+@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
+@pytest.mark.parametrize("width", ["individual", "common"])
+def test_strongly_overlapping_lattice_converges(noise, width):
+    # A 5×5 lattice 1.2 Å apart with ρ = 0.45 Å (2.7 widths): the block preconditioner's Schur complement of the
+    # background went indefinite (the columns' own blocks overstate what they explain of it where they overlap)
+    # and the steps crawled: with individual widths every frame stopped at max_iter = 100, unconverged (1,443
+    # iterations to converge in a 10×10 one), with common widths 21–74 iterations instead of 5.
+    g = 1.5 + 1.2 * np.arange(5)
+    X, Y = np.meshgrid(g, g)
+    pos = np.c_[X.ravel(), Y.ravel()]
+    shape = (int(round(7.8 / P)),) * 2
+    img = gaussian_image(pos, 0.45, 1.0, 0.1, shape)
+    rng = np.random.default_rng(0)
+    c = 1e4 * P * P
+    stack = rng.poisson(img * c, size=(4, *shape)) / c
+    start = pos + rng.normal(0, 0.05, pos.shape)
+    fit = fit_columns(stack, start, P, dose=1e4, noise=noise, width=width, crlb=False, workers=1)
+    assert fit.converged.all()
+    assert fit.n_iter.max() < (50 if width == "individual" else 15)  # measured 7–15 and 5
+    cr = column_crlb(pos, 0.45, 1.0, 0.1, shape, P, 1e4, width=width)
+    # 200 coordinates per frame: P(any |z| > 5) ~ 5·10⁻⁴ for an efficient estimator
+    z = np.abs(fit.positions - pos) / np.c_[cr.x_crlb, cr.y_crlb]
+    assert z.max() < 5
+
+
+@pytest.mark.parametrize("G", [1, 3])
+@pytest.mark.parametrize("a", [0.5, 2.6])
+def test_block_preconditioner_is_positive_definite(G, a):
+    # The arrow matrix [[blocks, θCᵀ], [θC, Gm]] of _arrow_schur: coupling strength a (largest eigenvalue of
+    # Gm⁻¹ Σ C P⁻¹ Cᵀ) = 2.6 as in a lattice 2.7 widths apart, 0.5 as in a separated one.
+    import stemquant.quant._fit as F
+
+    gen = torch.Generator().manual_seed(0)
+    B, N = 2, 12
+    A = torch.randn(B, N, 4, 4, generator=gen, dtype=torch.float64)
+    cb = A @ A.transpose(-1, -2) + 0.1 * torch.eye(4, dtype=torch.float64)
+    C = torch.randn(B, N, G, 4, generator=gen, dtype=torch.float64)
+    R = torch.randn(B, G, G, generator=gen, dtype=torch.float64)
+    Gm0 = R @ R.transpose(-1, -2) + torch.eye(G, dtype=torch.float64)
+    CK = (C @ torch.linalg.inv(cb) @ C.transpose(-1, -2)).sum(1)
+    L = torch.linalg.cholesky(Gm0)
+    Li = torch.linalg.inv(L)
+    a0 = torch.linalg.eigvalsh(Li @ CK @ Li.transpose(-1, -2))[:, -1]
+    C = C * torch.sqrt(a / a0)[:, None, None, None]  # coupling of strength exactly a
+    ones = torch.ones(4, dtype=torch.float64), torch.ones(G, dtype=torch.float64)
+    Pc_inv, Cs, K, S = F._arrow_schur(cb, C, Gm0, *ones, None, None)
+    s_rel = torch.linalg.eigvalsh(Li @ S @ Li.transpose(-1, -2))[:, 0]  # smallest eigenvalue of Gm⁻¹S
+    if a <= 1 - F._SCHUR_MARGIN:  # unchanged
+        assert torch.equal(Cs, C)
+        torch.testing.assert_close(S, Gm0 - (C @ K).sum(1))
+    else:  # the complement keeps the margin
+        torch.testing.assert_close(s_rel, torch.full_like(s_rel, F._SCHUR_MARGIN))
+    full = torch.zeros(B, 4 * N + G, 4 * N + G, dtype=torch.float64)
+    for n in range(N):
+        full[:, 4 * n : 4 * n + 4, 4 * n : 4 * n + 4] = cb[:, n]
+        full[:, 4 * N :, 4 * n : 4 * n + 4] = Cs[:, n]
+        full[:, 4 * n : 4 * n + 4, 4 * N :] = Cs[:, n].transpose(-1, -2)
+    full[:, 4 * N :, 4 * N :] = Gm0
+    assert (torch.linalg.eigvalsh(full)[:, 0] > 0).all()
+
+
 @pytest.mark.parametrize("width", ["individual", "common"])
 def test_a_few_much_wider_columns_are_not_runaways(width):
     # 5 of 100 columns 2.7x wider than the rest (equal SCS): the first step overshoots them past the padded margin.
