@@ -3,6 +3,7 @@
 
 import contextlib
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -123,6 +124,33 @@ def test_strongly_overlapping_lattice_converges(noise, width):
     # 200 coordinates per frame: P(any |z| > 5) ~ 5·10⁻⁴ for an efficient estimator
     z = np.abs(fit.positions - pos) / np.c_[cr.x_crlb, cr.y_crlb]
     assert z.max() < 5
+
+
+def test_a_step_cut_at_the_cg_cap_does_not_stop_the_fit(monkeypatch):
+    # Least squares, individual widths, a 10×10 lattice 1.2 Å apart (ρ = 0.45 Å): the block preconditioner is weak
+    # there and every solve stopped at the CG cap. Such an inexact step is small without being close to the
+    # optimum: this frame (the 76-scenario sweep's 7_ovl_d1e+04_gaus_ind, frame 5) stopped after 12 iterations,
+    # reported converged, 0.43 CRLB from the optimum its own path reaches with a 10¹⁰x stricter stopping threshold.
+    import zlib
+
+    import stemquant.quant._fit as F
+
+    g = 1.5 + 1.2 * np.arange(10)
+    X, Y = np.meshgrid(g, g)
+    pos = np.c_[X.ravel(), Y.ravel()]
+    shape = (69, 69)
+    img = gaussian_image(pos, 0.45, 1.0, 0.1, shape)
+    rng = np.random.default_rng(zlib.crc32(b"7_ovl_d1e+04_gaus_ind"))
+    c = 1e4 * P * P
+    frames = [rng.poisson(img * c) / c for _ in range(10)]
+    starts = pos + rng.normal(0, 0.05, (10, *pos.shape))
+    kw = dict(dose=1e4, noise="gaussian", width="individual", crlb=False)
+    fit = fit_columns(frames[5], starts[5], P, **kw)
+    monkeypatch.setattr(F, "_STOP_SHARE", 5e-15)
+    ref = fit_columns(frames[5], starts[5], P, max_iter=400, **kw)
+    assert fit.converged.all() and ref.converged.all()
+    cr = column_crlb(pos, 0.45, 1.0, 0.1, shape, P, 1e4, width="individual")
+    assert (np.abs(fit.positions - ref.positions) / np.c_[cr.x_crlb, cr.y_crlb]).max() < 0.05
 
 
 @pytest.mark.parametrize("G", [1, 3])
@@ -343,7 +371,10 @@ def test_a_slowly_contracting_fit_is_not_reported_converged_far_from_the_optimum
     rng.uniform(-1, 1, len(pos))  # (the generator's state of the reproduction)
     img = gaussian_image(pos, rho, 0.05, 0.005, (60, 60))
     stack = rng.poisson(img * 1e3 * P * P, size=(40, 60, 60))[35:] / (1e3 * P * P)  # one batch of the 40
-    with pytest.warns(UserWarning, match="reached max_iter=100 while their steps still contracted slowly"):
+    # (before Newton steps were retried after a failed one, one frame stopped at max_iter = 100, 1.7 CRLB from the
+    # optimum; it now converges in 99, so the frame may or may not reach max_iter: only converged frames are checked)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
         fit = fit_columns(stack, pos, P, dose=1e3, noise="gaussian", width="individual", crlb=True, workers=1)
     monkeypatch.setattr(F, "_STOP_SHARE", 5e-15)
     ref = fit_columns(stack, pos, P, dose=1e3, noise="gaussian", width="individual", crlb=False, workers=1,

@@ -739,9 +739,11 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     blocks = None
     failed = torch.zeros(B, dtype=torch.bool, device=dev)
     n_cg = 0
-    # per frame: take Newton steps now / still allowed to
+    cg_cap = _CG_ITER
+    # per frame: take Newton steps now / only once the step's share (stopping units) is at most this (after a
+    # failed Newton step: 1/100 of the share at the failure)
     newton = torch.zeros(B, dtype=torch.bool, device=dev)
-    newton_ok = torch.full((B,), _NEWTON, dtype=torch.bool, device=dev)
+    newton_below = torch.full((B,), math.inf if _NEWTON else -1.0, dtype=dt, device=dev)
     type_onehot = torch.nn.functional.one_hot(types, n_types).to(dt)  # (N, T)
     thin_growth = torch.zeros(B, dtype=torch.long, device=dev)  # iterations in a row with few outgrown widths
     released = torch.zeros(B, N, dtype=torch.long, device=dev)  # times each empty site was restored
@@ -755,9 +757,12 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # tails): reuse them, and refresh when the last solve needed more CG iterations than usual or every 5th
         # iteration. Stale blocks change the path, not the fixed point.
         refresh = blocks is None or it % 5 == 0 or n_cg > 3
-        step_c, step_g, pred, blocks, share, n_cg, took_newton, g_eta = _solve_step(
-            prob, st, prof, f, lam, cg_iter=30, cg_tol=1e-2, blocks=None if refresh else blocks, newton=newton)
-        newton_ok &= took_newton | ~newton
+        step_c, step_g, pred, blocks, share, n_cg, took_newton, g_eta, cg_met = _solve_step(
+            prob, st, prof, f, lam, cg_iter=cg_cap, cg_tol=1e-2, blocks=None if refresh else blocks, newton=newton)
+        # A solve cut at the CG cap gives an inexact step, whose share understates what is left to the optimum
+        # (where the block preconditioner is weak: strongly overlapping columns): such a frame does not stop on
+        # it, and the next solve may take more CG iterations.
+        cg_cap = _CG_ITER if bool((cg_met | done).all()) else min(2 * cg_cap, _CG_ITER_MAX)
         # Empty sites (vacancies, spurious starts): see _empty_sites. They are removed (height 0, nothing free) or
         # restored (at the start shape with the height of the score test, everything free). The step just solved
         # is then taken without the removed columns' part, from the re-rendered state (the acceptance test below
@@ -789,13 +794,13 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # would only cost a render. Its criterion is then the predicted one (exact to third order in the step).
         unit = 1.0 if noise == "poisson" else 2 * obj / npix
         s_k = share / unit  # the step's largest share in stopping units (tested here and after the step)
-        settled = ~done & ~event & _small_step(s_k, last_share) & (lam <= 1e-3)
+        settled = ~done & ~event & cg_met & _small_step(s_k, last_share) & (lam <= 1e-3)
         # Likewise the last step of a quadratically converging frame: a Newton step right after one whose quadratic
         # model held (``quad_share`` finite, see the stop below) and that already meets that stop's prediction
         # before it is taken (next share ≤ 1/10 of the stopping threshold) is the frame's last. Its model error is
         # third order in a step ≥ 10x shorter than the one whose model just held: it is taken unchecked, one render
         # and criterion fewer per fit (the check after the step used to confirm what this predicts).
-        settled |= ~done & ~event & took_newton & (lam <= 1e-3) & _quadratic_stop(s_k, quad_share)
+        settled |= ~done & ~event & took_newton & cg_met & (lam <= 1e-3) & _quadratic_stop(s_k, quad_share)
         if bool(settled.any()):
             st.col = st.col + step_c * settled[:, None, None]
             st.glob = st.glob + step_g * settled[:, None]
@@ -848,22 +853,26 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # log-likelihood units for Poisson and in units of σ² (estimated from the residuals) for least squares. Per
         # column, so the test does not tighten with the number of columns. The relative-change test ends
         # noise-free fits.
-        small = (_small_step(s_k, last_share) | ((obj - tobj).abs() <= 1e-13 * (1 + obj.abs()))) & ~event
+        small = ((cg_met & _small_step(s_k, last_share)) | ((obj - tobj).abs() <= 1e-13 * (1 + obj.abs()))) & ~event
         # Newton steps converge quadratically: with step sizes t ∝ √share and t_k+1 ≈ C·t_k², C ≈ t_k / t_k-1², the
         # next step's share is ≈ s_k³ / s_k-1². After two accepted Newton steps in a row whose quadratic model held
-        # (gain within 20 % of 1) and which contracted by > 10x in step size (100x in share), a frame whose
-        # predicted next share is 10x below the stopping threshold stops now instead of solving for that step (one
-        # solve of ~5 per fit).
-        held = ok & took_newton & (gain > 0.8) & (gain < 1.25) & ~event
+        # (gain within 20 % of 1), whose CG solves converged (a step cut at the CG cap is inexact and converges
+        # linearly: a frame of a strongly overlapping lattice stopped 0.43 CRLB from its optimum) and which
+        # contracted by > 10x in step size (100x in share), a frame whose predicted next share is 10x below the
+        # stopping threshold stops now instead of solving for that step (one solve of ~5 per fit).
+        held = ok & took_newton & cg_met & (gain > 0.8) & (gain < 1.25) & ~event
         small |= held & _quadratic_stop(s_k, quad_share)
         quad_share = torch.where(held, s_k, math.inf)
         last_share = torch.where(event, math.inf, torch.where(ok, s_k, last_share))
         n_iter += (~done).long()
         # Switch to Newton steps once the last step moved every column by < ~14 of its statistical uncertainties
-        # (share ≤ 100 units), where the Hessian is positive definite in practice; back to Gauss–Newton for good
-        # if a Newton step is rejected or its predicted decrease was poor.
-        newton_ok &= ~newton | (ok & (gain > 0.25)) | done
-        newton = newton_ok & ~done & (share <= 100 * unit)
+        # (share ≤ 100 units), where the Hessian is positive definite in practice. A frame whose Newton Hessian was
+        # not positive definite (it took the Gauss–Newton step), or whose Newton step was rejected or poor, goes
+        # back to Gauss–Newton until its steps are 10x shorter (share 100x smaller): far from the optimum the
+        # Hessian may be indefinite, near it Newton converges quadratically where Gauss–Newton crawls.
+        newton_failed = ~done & ((newton & ~took_newton) | (took_newton & ~(ok & (gain > 0.25))))
+        newton_below = torch.where(newton_failed, 0.01 * s_k, newton_below)
+        newton = ~done & (share <= 100 * unit) & (s_k <= newton_below)
         new_lam = torch.where(ok & (gain > 0.5), torch.clamp(lam / 10, min=1e-9),
                               torch.where(ok & (gain > 0.25), lam, lam * 10))
         lam = torch.where(done, lam, new_lam)
@@ -1085,6 +1094,9 @@ def _guard(obj, st: _State):
 
 # Truncated-Newton test of the CG solves: stop once iteration k adds at most this share of the decrease so far, /k.
 _CG_DECREASE_TOL = 0.25
+# CG iterations per solve, and the cap they may double up to while solves stop at it (_fit_batch)
+_CG_ITER = 30
+_CG_ITER_MAX = 240
 
 # The block preconditioner's Schur complement of the global parameters is kept ⪰ this share of their own block
 # (_coupling_scale). 0.05, 0.2 and 0.5 converged the strongly overlapping lattices in about the same iterations (0.1
@@ -1130,9 +1142,11 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None, newton=
     In the frames flagged by ``newton`` (bool, shape (B,)) the Hessian includes the second-derivative term (falls
     back to Gauss–Newton in a frame where it is not positive definite). Returns the step (per-column, global), the
     predicted decrease ½ δᵀg per frame, the blocks used, the largest per-column share of the predicted decrease,
-    the number of CG iterations, the frames that took a Newton step and the η components of JᵀW r before the
-    free-parameter mask (B, N) (the score of removed heights). ``decrease_test=False`` stops the CG iterations on the
-    residual test alone (no Nash–Sofer test; for a start value, where one iteration usually meets it).
+    the number of CG iterations, the frames that took a Newton step, the η components of JᵀW r before the
+    free-parameter mask (B, N) (the score of removed heights) and the frames whose CG iterations converged (the
+    others stopped at ``cg_iter``: an inexact step, for which Newton's quadratic convergence does not hold).
+    ``decrease_test=False`` stops the CG iterations on the residual test alone (no Nash–Sofer test; for a start
+    value, where one iteration usually meets it).
     """
     geom = prob.geom
     B = geom.i0.shape[0]
@@ -1239,7 +1253,7 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None, newton=
         return torch.cat(((y - (K @ zg[:, None, :, None])[..., 0]).reshape(B, nc), zg), 1)
 
     g = torch.cat((gcol.reshape(B, nc), gglob), 1)
-    x, n_it, indefinite = _pcg(g, apply_H, precond, cg_iter=cg_iter, cg_tol=cg_tol, decrease_test=decrease_test,
+    x, n_it, indefinite, cg_met = _pcg(g, apply_H, precond, cg_iter=cg_iter, cg_tol=cg_tol, decrease_test=decrease_test,
                                newton=newton if use_newton else None)
     if indefinite is not None:
         # the Newton Hessian of these frames is not positive definite (far from the optimum, or a column fading to
@@ -1252,7 +1266,7 @@ def _solve_step(prob, st, prof, f, lam, *, cg_iter, cg_tol, blocks=None, newton=
     pred = 0.5 * ((xc * gcol).sum((1, 2)) + (xg * gglob).sum(1))
     # largest share of one column (or one global parameter) in the predicted decrease: the stopping test
     share = torch.maximum((0.5 * xc * gcol).sum(-1).abs().amax(1), (0.5 * xg * gglob).abs().amax(1))
-    return xc, xg, pred, blocks, share, n_it, newton, graw[..., M.ETA].to(dt)
+    return xc, xg, pred, blocks, share, n_it, newton, graw[..., M.ETA].to(dt), cg_met
 
 
 def _linear_start(prob, st, prof, *, fit_background: bool, cg_iter: int = 50, cg_tol: float = 1e-2):
@@ -1313,9 +1327,9 @@ def _pcg(g, apply_H, precond, *, cg_iter: int, cg_tol: float, decrease_test: boo
     the last iteration added little to the quadratic model's decrease (Nash & Sofer's truncated-Newton test,
     k·gain_k ≤ τ·q_k): a preconditioner that misjudges one strongly coupled direction (e.g. individual widths of
     overlapping columns of very different widths) shrinks the first residual by orders of magnitude in one step and
-    fooled the residual test alone. Returns (x, iterations, None), or (None, iterations, frames) as soon as a
-    frame flagged in ``newton`` (bool (B,)) meets non-positive curvature (its Newton Hessian is not positive
-    definite).
+    fooled the residual test alone. Returns (x, iterations, None, met), ``met`` (bool (B,)): the frames that met
+    these tests (the others stopped at ``cg_iter``), or (None, iterations, frames, None) as soon as a frame flagged
+    in ``newton`` (bool (B,)) meets non-positive curvature (its Newton Hessian is not positive definite).
     """
     x = torch.zeros_like(g)
     res = g.clone()
@@ -1330,7 +1344,7 @@ def _pcg(g, apply_H, precond, *, cg_iter: int, cg_tol: float, decrease_test: boo
         if newton is not None:
             indefinite = newton & ((rz < 0) | ((pHp <= 0) & (rz > 0)))
             if bool(indefinite.any()):
-                return None, it + 1, indefinite
+                return None, it + 1, indefinite, None
         alpha = torch.where(pHp > 0, rz / torch.where(pHp > 0, pHp, 1), 0.0)[:, None]
         x.addcmul_(alpha, pv)
         res.addcmul_(alpha, Hp, value=-1.0)
@@ -1338,12 +1352,13 @@ def _pcg(g, apply_H, precond, *, cg_iter: int, cg_tol: float, decrease_test: boo
         rz_new = (res * z).sum(1)
         gain = 0.5 * alpha[:, 0] * rz
         q = q + gain
-        if bool(((rz_new <= stop) & (((it + 1) * gain <= _CG_DECREASE_TOL * q) | (not decrease_test))).all()):
+        met = (rz_new <= stop) & (((it + 1) * gain <= _CG_DECREASE_TOL * q) | (not decrease_test))
+        if bool(met.all()):
             break
         beta = torch.where(rz > 0, rz_new / torch.where(rz > 0, rz, 1), 0.0)[:, None]
         pv = torch.addcmul(z, beta, pv)
         rz = rz_new
-    return x, it + 1, None
+    return x, it + 1, None, met
 
 
 def _newton_blocks(prob, blocks, curv):
