@@ -767,7 +767,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # restored (at the start shape with the height of the score test, everything free). The step just solved
         # is then taken without the removed columns' part, from the re-rendered state (the acceptance test below
         # compares with the criterion of that state); such a frame does not stop in this iteration.
-        new_empty, release, eta_score, significant = _empty_sites(st, c0, blocks["cb"], g_eta, obj / npix, noise,
+        new_empty, release, eta_score, significant = _empty_sites(st, c0, rho0c, blocks["cb"], g_eta, obj / npix, noise,
                                                                   types, n_types, empty, released, done, seen)
         seen |= significant
         event = (new_empty | release).any(1)
@@ -963,7 +963,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     }
 
 
-def _empty_sites(st, c0, cb, g_eta, half_msr, noise, types, n_types, empty, released, done, seen):
+def _empty_sites(st, c0, rho0c, cb, g_eta, half_msr, noise, types, n_types, empty, released, done, seen):
     """Columns to remove as empty sites now, empty sites to restore (each (B, N) bool), the score-test height
     of every removed column (B, N) and the columns significant now (for the caller's record ``seen``).
 
@@ -972,7 +972,11 @@ def _empty_sites(st, c0, cb, g_eta, half_msr, noise, types, n_types, empty, rele
     least squares), taken for a column of its type's width w (the median width of the type's significant columns;
     Σ g² ∝ ρ²): a Gaussian shrunk onto one noisy pixel (individual widths) has a tall height but the volume of a
     spike, so the same volume at width w (z × ρ/w); one spread over the background collects a large volume at a
-    low height, so that height at width w (z × w/ρ).
+    low height, so that height at width w (z × w/ρ). Shared widths are taken as they are down to half the type's
+    start width; below, with the same volume at half the start width (z × 2ρ/ρ₀), and the type's columns roam: an
+    invisible type's width crawled to a fraction of a pixel while its columns fitted single noisy pixels that
+    looked significant at that width (SrTiO3-like, O at 3 % of Sr, 10³ e⁻/Å²: the frame ran to max_iter and every
+    column was reported unconverged).
 
     A faint column (η below _EMPTY_SHARE of the 90th percentile of the heights of its type's significant columns,
     z ≥ _Z_EMPTY — or any height if the type has none; a guard against a least-squares σ² inflated by a misfit
@@ -1015,8 +1019,15 @@ def _empty_sites(st, c0, cb, g_eta, half_msr, noise, types, n_types, empty, rele
         width = torch.where(width > 0, width, rho)
         ratio = rho / width
         z = z_own * torch.minimum(ratio, 1 / ratio)
-    else:  # shared widths: every column of a type has the type's width
-        width, ratio, z = rho, torch.ones_like(rho), z_own
+    else:  # shared widths: every column of a type has the type's width, tested as is down to half its start
+        # width; a type whose width shrank further (an invisible sublattice whose columns fit single noisy pixels,
+        # its shared width crawling to a fraction of a pixel) is tested with the same volume at half its start
+        # width, and its columns roam
+        width = rho
+        ratio = torch.clamp(rho / rho0c, max=1.0)
+        z = z_own * torch.clamp(2 * ratio, max=1.0)
+        significant = ~empty & (z >= _Z_EMPTY)
+        seen = seen | significant
     candidates = ~empty & live & (z < _Z_EMPTY)
     if not bool((candidates | empty).any()):  # the usual case: every column significant, none removed
         return candidates, candidates, eta, significant
