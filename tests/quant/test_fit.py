@@ -160,6 +160,7 @@ def test_a_step_cut_at_the_cg_cap_does_not_stop_the_fit(monkeypatch):
     # there and every solve stopped at the CG cap. Such an inexact step is small without being close to the
     # optimum: this frame (the 76-scenario sweep's 7_ovl_d1e+04_gaus_ind, frame 5) stopped after 12 iterations,
     # reported converged, 0.43 CRLB from the optimum its own path reaches with a 10¹⁰x stricter stopping threshold.
+    # (Either the stop guard or the doubling CG cap alone avoids it here, a review found; the test fails without both.)
     import zlib
 
     import stemquant.quant._fit as F

@@ -1338,9 +1338,11 @@ def _pcg(g, apply_H, precond, *, cg_iter: int, cg_tol: float, decrease_test: boo
     the last iteration added little to the quadratic model's decrease (Nash & Sofer's truncated-Newton test,
     k·gain_k ≤ τ·q_k): a preconditioner that misjudges one strongly coupled direction (e.g. individual widths of
     overlapping columns of very different widths) shrinks the first residual by orders of magnitude in one step and
-    fooled the residual test alone. Returns (x, iterations, None, met), ``met`` (bool (B,)): the frames that met
-    these tests (the others stopped at ``cg_iter``), or (None, iterations, frames, None) as soon as a frame flagged
-    in ``newton`` (bool (B,)) meets non-positive curvature (its Newton Hessian is not positive definite).
+    fooled the residual test alone. Returns (x, iterations, None, met), ``met`` (bool (B,)): the frames that meet
+    these tests at the last iteration (the others were cut at ``cg_iter``; a frame that met them earlier while its
+    batch went on may fail them at the end — rare, and only makes that step count as inexact), or
+    (None, iterations, frames, None) as soon as a frame flagged in ``newton`` (bool (B,)) meets non-positive
+    curvature (its Newton Hessian is not positive definite).
     """
     x = torch.zeros_like(g)
     res = g.clone()
@@ -1394,7 +1396,7 @@ def _coupling_scale(a: torch.Tensor) -> torch.Tensor:
     the complement Gm − Σₙ CₙPₙ⁻¹Cₙᵀ turns indefinite (a ≥ 1): a 10×10 lattice at 2.7 widths spacing has a ≈ 2.6,
     and even a 4.4-width lattice with individual widths a ≈ 1.1. Conjugate gradients with an indefinite
     preconditioner lose their descent property: the steps crawled along the flat directions (every frame of that
-    lattice at 100 iterations, 1,443 to converge; common widths 28–94 instead of 5). With the coupling scaled by θ,
+    lattice at 100 iterations, 1,443 to converge; common widths 21–94 instead of 5). With the coupling scaled by θ,
     θ² = min(1, (1 − _SCHUR_MARGIN)/a), the complement is Gm − θ²Σ… ⪰ _SCHUR_MARGIN·Gm, and the preconditioner is
     positive definite; where a ≤ 1 − _SCHUR_MARGIN (separated columns, e.g. a ≈ 0.5) it is unchanged."""
     return torch.clamp((1.0 - _SCHUR_MARGIN) / torch.clamp(a, min=1e-300), max=1.0)
