@@ -201,14 +201,15 @@ def _chunk_crlb(c, r, e, zeta, sigma, shape, h, noise, width, background_free, t
     None or the reason why it has no bound (its bounds are then NaN)."""
     b, N = r.shape
     geom = M.make_geometry(c[..., 0], c[..., 1], h, shape)
-    pm, pn = _overlapping_pairs(geom)
+    pairs = M.overlap_pairs(geom).cpu().numpy()  # (2, E) flat (frame, column) indices of overlapping windows
+    pm, pn = _overlapping_pairs(pairs, N)
     i0, j0 = geom.i0.cpu().numpy(), geom.j0.cpu().numpy()
     slab, cost = _slabs(i0, j0, geom.h)
     if b > 1:
         # the chunk's common pattern must not cost much more than its frames alone (a diverged column in one frame
         # would couple half the image in all of them): otherwise the frames go one by one (decided from the
         # windows alone, before any pixel work)
-        own_pairs = np.bincount(M.overlap_pairs(geom)[0].cpu().numpy() // N, minlength=b) + N
+        own_pairs = np.bincount(pairs[0] // N, minlength=b) + N
         own_cost = sum(_slabs(i0[f: f + 1], j0[f: f + 1], geom.h)[1] for f in range(b))
         if b * len(pm) > _UNION_COST * own_pairs.sum() or b * cost > _UNION_COST * own_cost:
             parts = [_chunk_crlb(c[f: f + 1], r[f: f + 1], e[f: f + 1], zeta[f: f + 1],
@@ -248,11 +249,9 @@ def _chunk_crlb(c, r, e, zeta, sigma, shape, h, noise, width, background_free, t
     return bounds, errors
 
 
-def _overlapping_pairs(geom: M.PatchGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """Unordered pairs (m <= n, including m = n) of columns whose windows overlap in at least one frame: the
-    blocks of F that can be non-zero."""
-    pairs = M.overlap_pairs(geom).cpu().numpy()
-    n = geom.i0.shape[1]
+def _overlapping_pairs(pairs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unordered pairs (m <= n, including m = n) of the ``n`` columns whose windows overlap in at least one frame
+    (``pairs``: ``_model.overlap_pairs`` of the chunk): the blocks of F that can be non-zero."""
     m_, n_ = pairs % n  # frame-local column indices, m_ < n_
     key = np.unique(np.concatenate((np.arange(n) * (n + 1), m_ * n + n_)))
     return key // n, key % n

@@ -1026,8 +1026,7 @@ def _empty_sites(st, c0, rho0c, cb, g_eta, half_msr, noise, types, n_types, empt
         width = rho
         ratio = torch.clamp(rho / rho0c, max=1.0)
         z = z_own * torch.clamp(2 * ratio, max=1.0)
-        significant = ~empty & (z >= _Z_EMPTY)
-        seen = seen | significant
+        significant = ~empty & (z >= _Z_EMPTY)  # (a subset of the first: ``seen`` already holds these)
     candidates = ~empty & live & (z < _Z_EMPTY)
     if not bool((candidates | empty).any()):  # the usual case: every column significant, none removed
         return candidates, candidates, eta, significant
