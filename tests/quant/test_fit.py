@@ -271,16 +271,52 @@ def test_empty_sites_do_not_stall_the_frame():
     assert np.all(fit.heights[vac] == 0)
 
 
-def test_runaway_width_stops_with_advice():
+def test_a_runaway_width_is_fixed_and_the_frame_goes_on():
     # a start on a broad hump (amorphous layer, thickness bump: significant intensity the model has no column for)
-    # widens past 8x the start: the frame stops, flagged, and the warning says what to check
+    # widens and drifts off; the frame used to stop past 8x the start width with every column unconverged. Now that
+    # column is reset to its start position and width with the width fixed, flagged, and the real columns converge
+    # (within 5 of their bounds of their true positions; false failure < 1e-5 per coordinate)
     pos = np.array([[2.0, 2.0], [2.0, 4.0], [4.0, 2.0], [4.0, 4.0]])
     yy, xx = (np.mgrid[0:60, 0:60] + 0.5) * P
     img = gaussian_image(pos, 0.4, 1.0, 0.1, (60, 60)) + np.exp(-((xx - 12) ** 2 + (yy - 12) ** 2) / (2 * 4.0**2))
     noisy = np.random.default_rng(0).poisson(img * 1e4 * P * P) / (1e4 * P * P)
-    with pytest.warns(UserWarning, match="no column under it"):
-        fit = fit_columns(noisy, np.vstack([pos, [[10.0, 10.0]]]), P, crlb=False, width="individual")
-    assert not fit.converged.any()
+    with pytest.warns(UserWarning, match="1 of them runaway widths"):
+        fit = fit_columns(noisy, np.vstack([pos, [[10.0, 10.0]]]), P, width="individual", dose=1e4, noise="poisson")
+    assert fit.converged[:4].all() and not fit.converged[4]
+    assert fit.table["runaway"].tolist() == [False] * 4 + [True] and fit.info["runaways"] == 1
+    np.testing.assert_allclose(fit.positions[4], [10.0, 10.0], atol=1.0)  # back at its start, width fixed there
+    t = fit.table.iloc[:4]
+    assert (np.abs(t["x"] - pos[:, 0]) < 5 * t["x_crlb"]).all() and (np.abs(t["y"] - pos[:, 1]) < 5 * t["y_crlb"]).all()
+
+
+def test_individual_widths_on_the_pt_particle_converge():
+    # The 333-column Pt particle of the validation study (incoherent model: probe tails leave a halo under the
+    # particle that a constant background cannot take up), Poisson at 1e4 e-/A^2, individual widths: a single-atom
+    # rim column widened into that halo and drifted ~10 A into the particle, and the frame stopped as a runaway with
+    # all 333 columns unconverged (25 s). Now that column is fixed at its start and flagged, the other 332 converge,
+    # within 5 of their bounds of the true positions (Gaussian columns fitted to probe-shaped ones: a small bias;
+    # false failure of an unbiased efficient estimate ~4e-4 over the 664 coordinates).
+    from stemquant.distort import poisson_noise
+    from stemquant.simulate import PRESETS, load_scs_library, render_incoherent
+    from stemquant.structures import project_columns, pt_nanoparticle
+
+    p, dose = 0.1, 1e4
+    atoms = pt_nanoparticle()
+    truth = project_columns(atoms)
+    n = int(round(float(atoms.cell[0, 0]) / p))
+    clean = render_incoherent(truth, shape=(n, n), pixel_size=p, probe=PRESETS["particle"],
+                              library=load_scs_library("pt001_particle"), background=1e-3)
+    rng = np.random.default_rng(0)
+    frames = [poisson_noise(clean, dose=dose, pixel_size=p, rng=rng) / (dose * p * p) for _ in range(4)]
+    xy = truth[["x", "y"]].to_numpy()
+    start = xy + rng.uniform(-0.05, 0.05, xy.shape)
+    with pytest.warns(UserWarning, match="1 of them runaway widths"):
+        fit = fit_columns(frames[3], start, p, dose=dose, noise="poisson", width="individual")
+    t = fit.table
+    assert t["runaway"].sum() == 1 and (fit.converged == ~t["runaway"].to_numpy()).all()
+    assert truth["n_atoms"].to_numpy()[t["runaway"].to_numpy()] == [1]
+    err = np.abs(fit.positions - xy) / t[["x_crlb", "y_crlb"]].to_numpy()
+    assert (err[fit.converged] < 5).all()
 
 
 def test_individual_widths_of_two_column_types_converge():

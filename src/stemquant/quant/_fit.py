@@ -65,7 +65,7 @@ class FitResult:
         ``width`` ρ [Å], ``height`` η and ``background`` ζ [image intensity units], ``scs`` = 2πηρ²
         [intensity·Å²], ``x_crlb``, ``y_crlb`` [Å] and ``scs_crlb`` [intensity·Å²] (standard deviations, i.e.
         square roots of the Cramér–Rao lower bounds; NaN when ``crlb=False``), ``converged`` (bool), ``empty_site``
-        (bool: an empty site, see ``converged``).
+        and ``runaway`` (bool, see ``converged``).
     positions : ndarray, shape ([B,] N, 2)
         Fitted (x, y) [Å].
     widths, heights, scs : ndarray, shape ([B,] N)
@@ -75,8 +75,10 @@ class FitResult:
         it describes a tail of noise, not a column) and no other column's centre lies closer than the larger of
         their widths (two Gaussians sharing one column split its SCS), and it is not an empty site — a start with
         no significant column under it (a vacancy or spurious start), removed from the model: height and SCS 0,
-        position and width at the start, NaN bounds (``table["empty_site"]``; docs/fitting.md).
-        ``fit_columns`` warns when any column is not converged.
+        position and width at the start, NaN bounds (``table["empty_site"]``; docs/fitting.md) — nor a runaway
+        width: an individual width that grew past 3x its start while drifting off (a start on a broad feature the
+        model has no term for), fitted at its start position with the width fixed at its start value
+        (``table["runaway"]``). ``fit_columns`` warns when any column is not converged.
     n_iter : ndarray of int, shape ([B])
         Levenberg–Marquardt iterations used per frame.
     objective : ndarray, shape ([B])
@@ -745,7 +747,9 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     newton = torch.zeros(B, dtype=torch.bool, device=dev)
     newton_below = torch.full((B,), math.inf if _NEWTON else -1.0, dtype=dt, device=dev)
     type_onehot = torch.nn.functional.one_hot(types, n_types).to(dt)  # (N, T)
-    thin_growth = torch.zeros(B, dtype=torch.long, device=dev)  # iterations in a row with few outgrown widths
+    h0 = h  # the windows' start half-size: they shrink back to it (at most) when a runaway width is fixed
+    frozen = torch.zeros(B, N, dtype=torch.bool, device=dev)  # runaway widths, fixed at their start (_runaways)
+    wide_run = torch.zeros(B, N, dtype=torch.long, device=dev)  # iterations in a row past _RUNAWAY_WIDTH x start
     released = torch.zeros(B, N, dtype=torch.long, device=dev)  # times each empty site was restored
     seen = torch.zeros(B, N, dtype=torch.bool, device=dev)  # columns that were significant at some solve
     over_cap = torch.zeros(B, dtype=torch.long, device=dev)  # iterations in a row with a width past the cap
@@ -777,14 +781,8 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
             st.col = _reset_empty(st.col, new_empty, c0, rho0c)
             st.col[..., M.ETA] = torch.where(release, eta_score, st.col[..., M.ETA])
             step_c = step_c * (~new_empty)[..., None]
-            free = col_free.expand(B, N, 4).clone()
-            free[empty] = 0.0
-            # a shared width whose columns were all removed has no data left: fixed in that frame
-            gfree = glob_free.expand(B, -1).clone()
-            if width_mode == "common":
-                gfree[:, 1:] *= ((~empty).to(dt) @ type_onehot > 0).to(dt)
             prob = prob.with_free(M.make_geometry(st.col[..., M.CX], st.col[..., M.CY], prob.geom.h, (H, W), pad),
-                                  free, gfree)
+                                  *_free_flags(col_free, glob_free, empty, frozen, type_onehot))
             prof, f = prob.model(st)
             obj = prob.objective(f)
             blocks = None
@@ -897,24 +895,32 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         rho = torch.where(empty, 0.0, st.rho())
         moved = _off_centre(prob.geom, st.col)
         # Widths that outgrow the padded margin (sized for 3x the widest start): the stack is re-padded for them
-        # (twice the widest, never past _MAX_WIDTH_GROWTH x the widest start) and the fit goes on. If many columns
-        # outgrew it (>= 10 %, or half of one column type), the start was poor — strongly overlapping columns defeat
-        # the start estimate. A frame where only a few widths stay outgrown (a start with no column under it
-        # widening into the background), or a width stays past _MAX_WIDTH_GROWTH x its type's start, stops:
-        # reported not converged, the other frames go on. (Windows are shared by all columns: a runaway column
-        # widens every window up to the cap, ~64x the area, hence the stop.)
-        out = (rho * truncation > pad).to(dt)
-        outgrown = out.sum(1)
-        grown = outgrown > 0
-        # systematic: >= 10 % of the columns, or half the columns of one type (a minority type of wide columns)
-        per_type = out @ type_onehot / type_onehot.sum(0)
-        systematic = (outgrown >= 0.1 * rho.shape[1]) | (per_type.amax(1) >= 0.5)
-        # a few outgrown columns may be the first of a wider kind: the frame waits _RUNAWAY_PATIENCE iterations
-        # before calling them runaways (and forgives a single overshooting step past the cap the same way: the
-        # margin never grows past the cap, so neither does the cost)
-        thin_growth = torch.where(grown & ~systematic, thin_growth + 1, torch.zeros_like(thin_growth))
+        # (twice the widest, never past _MAX_WIDTH_GROWTH x the widest start) and the fit goes on. A frame whose
+        # widths grow systematically (>= 10 % of the columns, or half of one column type: the start width was far
+        # too small, e.g. strongly overlapping columns defeat its estimate) and stay past _MAX_WIDTH_GROWTH x their
+        # type's start for _RUNAWAY_PATIENCE iterations stops: reported not converged, the other frames go on.
+        # (Windows are shared by all columns: a runaway widens every window up to the cap, ~64x the area.) A few
+        # individual widths running away are fixed instead (_runaways) and the frame goes on.
+        h_min = prob.geom.h
+        freeze = torch.zeros_like(frozen)
+        if width_mode == "individual":
+            drift = torch.hypot(st.col[..., M.CX] - c0[..., 0], st.col[..., M.CY] - c0[..., 1])
+            freeze, wide_run = _runaways(rho, rho0c, drift, wide_run, type_onehot, done)
+        if bool(freeze.any()):
+            # back to the start position and width, the width fixed; its frame starts its stopping tests afresh
+            frozen |= freeze
+            st.col = torch.where(freeze[..., None], torch.cat((c0, st.col[..., M.ETA:M.RHO], rho0c[..., None]), -1),
+                                 st.col)
+            prob = prob.with_free(prob.geom, *_free_flags(col_free, glob_free, empty, frozen, type_onehot))
+            event = freeze.any(1)
+            last_share = torch.where(event, math.inf, last_share)
+            quad_share = torch.where(event, math.inf, quad_share)
+            newton = newton & ~event
+            blocks, h_min = None, h0
+            rho = torch.where(empty, 0.0, st.rho())
+        grown = (rho * truncation > pad).any(1)
         over_cap = torch.where((rho / rho0c).amax(1) > _MAX_WIDTH_GROWTH, over_cap + 1, torch.zeros_like(over_cap))
-        runaway = ~done & ((over_cap >= _RUNAWAY_PATIENCE) | (thin_growth >= _RUNAWAY_PATIENCE))
+        runaway = ~done & (over_cap >= _RUNAWAY_PATIENCE)
         repad = False
         if bool(runaway.any()):
             failed |= runaway
@@ -930,8 +936,9 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
             blocks, repad = None, True
         live = ~failed
         need_h = min(_half_size(rho[live].max(), truncation), pad) if bool(live.any()) else prob.geom.h
-        if repad or bool((moved > 1.0).any()) or need_h > prob.geom.h:
-            prob.geom = M.make_geometry(st.col[..., M.CX], st.col[..., M.CY], max(need_h, prob.geom.h), (H, W), pad)
+        h_new = max(need_h, h_min)
+        if repad or bool((moved > 1.0).any()) or h_new != prob.geom.h or bool(freeze.any()):
+            prob.geom = M.make_geometry(st.col[..., M.CX], st.col[..., M.CY], h_new, (H, W), pad)
             prof, f = prob.model(st)
             obj = prob.objective(f)
     rho = st.rho()
@@ -945,6 +952,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         & (rho >= _MIN_WIDTH_PX)
         & (moved < 4 * rho0c)
         & ~empty
+        & ~frozen
     )
     # noise variance of the least-squares bounds: the criterion is ½Σ(d − f)² over the real pixels (no second pass
     # over the image); Poisson bounds need none
@@ -960,7 +968,46 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         "h": torch.full((B,), prob.geom.h, device=dev),
         "too_wide": failed,
         "empty": empty,
+        "runaway": frozen,
     }
+
+
+def _free_flags(col_free, glob_free, empty, frozen, type_onehot):
+    """Free-parameter flags per column (B, N, 4) and per frame (B, 1 + T): empty sites have nothing free, runaway
+    widths are fixed, and a shared width whose columns were all removed has no data left (fixed in that frame)."""
+    B, N = empty.shape
+    free = col_free.expand(B, N, 4).clone()
+    free[..., M.RHO] *= (~frozen).to(free.dtype)
+    free[empty] = 0.0
+    gfree = glob_free.expand(B, -1).clone()
+    gfree[:, 1:] *= ((~empty).to(gfree.dtype) @ type_onehot > 0).to(gfree.dtype)  # (free only with common widths)
+    return free, gfree
+
+
+def _runaways(rho, rho0c, drift, wide_run, type_onehot, done):
+    """Individual widths that ran away, to be fixed now ((B, N) bool), and the updated count per column of
+    iterations in a row as a runaway: past _RUNAWAY_WIDTH x its start width ``rho0c`` having drifted more than that
+    start width from its start position (``drift``, [px]), or past _MAX_WIDTH_GROWTH x wherever it is.
+
+    A significant column that widens far past its start and drifts — a start on a broad feature the model has no
+    term for (a thickness hump, an amorphous patch, the halo of probe tails under a particle, which a constant
+    background cannot take up) — keeps growing: on the 333-column Pt particle (Poisson, 10⁴ e⁻/Å²) a single-atom
+    rim column slid ~10 Å into the particle and widened to 4.8 Å, 9x its start. Such a column is reset to its start
+    position and width, its width fixed, and reported not converged; the frame goes on (it used to stop as a
+    runaway, all 333 columns unconverged, after iterations whose windows, shared by all columns, had grown to ~150
+    px). A column of a wider kind stays on its site and settles: it is left alone up to _MAX_WIDTH_GROWTH x. Only
+    a few columns count (one, or < 10 % of the columns and < half of every type, for _RUNAWAY_PATIENCE iterations
+    in a row, which lets a first overshooting step settle): many columns growing together mean a start width far
+    too small, which the frame's re-padding handles (and past _MAX_WIDTH_GROWTH x, its stop)."""
+    ratio = rho / rho0c
+    beyond = ((ratio > _RUNAWAY_WIDTH) & (drift > rho0c)) | (ratio > _MAX_WIDTH_GROWTH)
+    share = beyond.to(rho.dtype)
+    # (one column alone is never systematic: it is 10 % of a 10-column image)
+    systematic = (share.sum(1) >= 2) & ((share.mean(1) >= 0.1)
+                                         | ((share @ type_onehot / type_onehot.sum(0)).amax(1) >= 0.5))
+    wide_run = torch.where(beyond & ~systematic[:, None], wide_run + 1, torch.zeros_like(wide_run))
+    freeze = (wide_run >= _RUNAWAY_PATIENCE) & ~done[:, None]
+    return freeze, torch.where(freeze, torch.zeros_like(wide_run), wide_run)
 
 
 def _empty_sites(st, c0, rho0c, cb, g_eta, half_msr, noise, types, n_types, empty, released, done, seen):
@@ -1132,10 +1179,12 @@ _MAX_RELEASES = 3
 # Column types get their own start widths only when these differ by more than this factor (_estimate_width).
 _DISTINCT_WIDTHS = 1.5
 
-# A fit whose widths grow past this multiple of their start stops (not converged): a runaway, not a poor start.
+# A frame whose widths grow past this multiple of their start stops (not converged): a runaway, not a poor start.
 _MAX_WIDTH_GROWTH = 8.0
-# Iterations in a row with only a few widths (< 10 % of the columns, < half of every type) past the padded margin
-# before the frame is stopped as a runaway.
+# An individual width past this multiple of its start (the padded margin), drifting, for _RUNAWAY_PATIENCE
+# iterations in a row, in a frame where only a few are (_runaways), is fixed at its start; as many iterations with
+# widths past _MAX_WIDTH_GROWTH stop the frame.
+_RUNAWAY_WIDTH = 3.0
 _RUNAWAY_PATIENCE = 3
 
 
@@ -1457,6 +1506,7 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
     scs = 2 * np.pi * eta * rho**2
     conv = st["conv"].cpu().numpy()
     empty = st["empty"].cpu().numpy()
+    runaway = st["runaway"].cpu().numpy()
     # a column whose centre left the image is fitting a tail of noise (e.g. a spurious peak at the border): the
     # optimum may be genuine, but its parameters are not an estimate of a column, so it is not reported converged
     outside = outside_image(np.stack((x, y), -1), img3.shape[1:], p)
@@ -1508,10 +1558,10 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
                 if _least_squares_at_low_counts(img3, scale, noise, dose) else "")
         too_wide = st["too_wide"].cpu().numpy()
         if too_wide.any():  # the start width was far too small (strongly overlapping columns defeat the estimate)
-            hint += (f" In {int(too_wide.sum())} frame(s) widths ran away (past {_MAX_WIDTH_GROWTH:g}x the start "
-                     "value, or a few columns far wider than all others) and the fit stopped: a start position with "
-                     "no column under it (remove it), a start width far too small (give width_init [Å] near the "
-                     "expected column width), or a few columns of a much wider kind (give them their own type).")
+            hint += (f" In {int(too_wide.sum())} frame(s) widths ran away (many columns past "
+                     f"{_MAX_WIDTH_GROWTH:g}x the start value) and the fit stopped: a start width far too small (give "
+                     "width_init [Å] near the expected column width), or a whole column type of a much wider kind "
+                     "(give it its own type).")
         # frames still moving at max_iter (slow contraction along a flat direction; the stopping test allows for it)
         slow = (st["n_iter"].cpu().numpy() >= max_iter) & ~too_wide & ~conv.all(1)
         if slow.any():
@@ -1522,6 +1572,12 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
             moved += (f", {int(empty.sum())} of them empty sites (no significant column at the start position: a "
                       "vacancy or a spurious start; removed from the model: height 0, SCS 0, position and width at "
                       "the start, CRLB NaN; fit.table['empty_site'])")
+        if runaway.any():
+            moved += (f", {int(runaway.sum())} of them runaway widths (past {_RUNAWAY_WIDTH:g}x their start width "
+                      "and drifting: fitted at the start position with the width fixed there; fit.table['runaway'])")
+            hint += (" A runaway width is a start on a broad feature the model has no term for (a halo of probe "
+                     "tails, a thickness hump, an amorphous patch) or a column of a much wider kind (give it its own "
+                     "type); common widths avoid it.")
         if collapsed.any():
             moved += (f", {int(collapsed.sum())} of them collapsed onto a neighbour (centres closer than their "
                       "width: two start positions for one column?)")
@@ -1543,6 +1599,7 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
             "background": np.repeat(zeta, N),
             "converged": conv.ravel(),
             "empty_site": empty.ravel(),
+            "runaway": runaway.ravel(),
         }
     )
     sq = (lambda a: a) if stack else (lambda a: a[0])
@@ -1560,5 +1617,6 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
         dose=dose,
         noise=noise,
         width_mode=width_mode,
-        info={"window_half_size_px": int(st["h"].max()), "empty_sites": int(empty.sum())},
+        info={"window_half_size_px": int(st["h"].max()), "empty_sites": int(empty.sum()),
+              "runaways": int(runaway.sum())},
     )
