@@ -905,7 +905,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         freeze = torch.zeros_like(frozen)
         if width_mode == "individual":
             drift = torch.hypot(st.col[..., M.CX] - c0[..., 0], st.col[..., M.CY] - c0[..., 1])
-            freeze, wide_run = _runaways(rho, rho0c, drift, wide_run, type_onehot, done)
+            freeze, wide_run = _runaways(rho, rho0c, drift, wide_run, type_onehot, done, frozen)
         if bool(freeze.any()):
             # back to the start position and width, the width fixed; its frame starts its stopping tests afresh
             frozen |= freeze
@@ -984,7 +984,7 @@ def _free_flags(col_free, glob_free, empty, frozen, type_onehot):
     return free, gfree
 
 
-def _runaways(rho, rho0c, drift, wide_run, type_onehot, done):
+def _runaways(rho, rho0c, drift, wide_run, type_onehot, done, frozen):
     """Individual widths that ran away, to be fixed now ((B, N) bool), and the updated count per column of
     iterations in a row as a runaway: past _RUNAWAY_WIDTH x its start width ``rho0c`` having drifted more than that
     start width from its start position (``drift``, [px]), or past _MAX_WIDTH_GROWTH x wherever it is.
@@ -996,13 +996,16 @@ def _runaways(rho, rho0c, drift, wide_run, type_onehot, done):
     position and width, its width fixed, and reported not converged; the frame goes on (it used to stop as a
     runaway, all 333 columns unconverged, after iterations whose windows, shared by all columns, had grown to ~150
     px). A column of a wider kind stays on its site and settles: it is left alone up to _MAX_WIDTH_GROWTH x. Only
-    a few columns count (one, or < 10 % of the columns and < half of every type, for _RUNAWAY_PATIENCE iterations
-    in a row, which lets a first overshooting step settle): many columns growing together mean a start width far
-    too small, which the frame's re-padding handles (and past _MAX_WIDTH_GROWTH x, its stop)."""
+    a few columns count (one, or < 10 % of the columns and < half of every type, those fixed earlier (``frozen``)
+    included, for _RUNAWAY_PATIENCE iterations in a row, which lets a first overshooting step settle): many columns
+    growing together mean a start width far too small, which the frame's re-padding handles (past
+    _MAX_WIDTH_GROWTH x, its stop), or a broad feature under many columns (a hump of 0.5–1x the column height, σ 4
+    Å, under an 8x8 lattice: its columns ran away a few at a time, each fixing restarting the frame's stopping
+    tests, and every frame ran to max_iter; it stops as a runaway, as before)."""
     ratio = rho / rho0c
     beyond = ((ratio > _RUNAWAY_WIDTH) & (drift > rho0c)) | (ratio > _MAX_WIDTH_GROWTH)
-    share = beyond.to(rho.dtype)
-    # (one column alone is never systematic: it is 10 % of a 10-column image)
+    share = (beyond | frozen).to(rho.dtype)
+    # (one column alone is never systematic, though it is 10 % of a 10-column image)
     systematic = (share.sum(1) >= 2) & ((share.mean(1) >= 0.1)
                                          | ((share @ type_onehot / type_onehot.sum(0)).amax(1) >= 0.5))
     wide_run = torch.where(beyond & ~systematic[:, None], wide_run + 1, torch.zeros_like(wide_run))
