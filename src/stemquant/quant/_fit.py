@@ -748,7 +748,8 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     newton_below = torch.full((B,), math.inf if _NEWTON else -1.0, dtype=dt, device=dev)
     type_onehot = torch.nn.functional.one_hot(types, n_types).to(dt)  # (N, T)
     h0 = h  # the windows' start half-size: they shrink back to it (at most) when a runaway width is fixed
-    frozen = torch.zeros(B, N, dtype=torch.bool, device=dev)  # runaway widths, fixed at their start (_runaways)
+    runaways = torch.zeros(B, N, dtype=torch.bool, device=dev)  # runaway widths, fixed at their start (_runaways)
+    fixed_w = torch.zeros(B, N, dtype=torch.bool, device=dev)  # widths fixed at their start: runaways, twice restored
     wide_run = torch.zeros(B, N, dtype=torch.long, device=dev)  # iterations in a row past _RUNAWAY_WIDTH x start
     released = torch.zeros(B, N, dtype=torch.long, device=dev)  # times each empty site was restored
     seen = torch.zeros(B, N, dtype=torch.bool, device=dev)  # columns that were significant at some solve
@@ -777,12 +778,18 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         event = (new_empty | release).any(1)
         if bool(event.any()):
             empty = (empty | new_empty) & ~release
+            if width_mode == "individual":
+                # a column restored a second time had faded again with its width free: a real column whose width the
+                # data do not determine (at ~1 count per pixel, least squares: one shrank onto a 0.11 Å spike, its
+                # SCS 1/3 of the truth, 7.6 bounds off, reported converged). It is restored with its width fixed at
+                # its start.
+                fixed_w |= release & (released > 0)
             released += release.long()
             st.col = _reset_empty(st.col, new_empty, c0, rho0c)
             st.col[..., M.ETA] = torch.where(release, eta_score, st.col[..., M.ETA])
             step_c = step_c * (~new_empty)[..., None]
             prob = prob.with_free(M.make_geometry(st.col[..., M.CX], st.col[..., M.CY], prob.geom.h, (H, W), pad),
-                                  *_free_flags(col_free, glob_free, empty, frozen, type_onehot))
+                                  *_free_flags(col_free, glob_free, empty, fixed_w, type_onehot))
             prof, f = prob.model(st)
             obj = prob.objective(f)
             blocks = None
@@ -902,16 +909,17 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # (Windows are shared by all columns: a runaway widens every window up to the cap, ~64x the area.) A few
         # individual widths running away are fixed instead (_runaways) and the frame goes on.
         h_min = prob.geom.h
-        freeze = torch.zeros_like(frozen)
+        freeze = torch.zeros_like(runaways)
         if width_mode == "individual":
             drift = torch.hypot(st.col[..., M.CX] - c0[..., 0], st.col[..., M.CY] - c0[..., 1])
-            freeze, wide_run = _runaways(rho, rho0c, drift, wide_run, type_onehot, done, frozen)
+            freeze, wide_run = _runaways(rho, rho0c, drift, wide_run, type_onehot, done, runaways)
         if bool(freeze.any()):
             # back to the start position and width, the width fixed; its frame starts its stopping tests afresh
-            frozen |= freeze
+            runaways |= freeze
+            fixed_w |= freeze
             st.col = torch.where(freeze[..., None], torch.cat((c0, st.col[..., M.ETA:M.RHO], rho0c[..., None]), -1),
                                  st.col)
-            prob = prob.with_free(prob.geom, *_free_flags(col_free, glob_free, empty, frozen, type_onehot))
+            prob = prob.with_free(prob.geom, *_free_flags(col_free, glob_free, empty, fixed_w, type_onehot))
             event = freeze.any(1)
             last_share = torch.where(event, math.inf, last_share)
             quad_share = torch.where(event, math.inf, quad_share)
@@ -952,7 +960,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         & (rho >= _MIN_WIDTH_PX)
         & (moved < 4 * rho0c)
         & ~empty
-        & ~frozen
+        & ~runaways
     )
     # noise variance of the least-squares bounds: the criterion is ½Σ(d − f)² over the real pixels (no second pass
     # over the image); Poisson bounds need none
@@ -968,23 +976,25 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         "h": torch.full((B,), prob.geom.h, device=dev),
         "too_wide": failed,
         "empty": empty,
-        "runaway": frozen,
+        "runaway": runaways,
+        "width_fixed": fixed_w,
     }
 
 
-def _free_flags(col_free, glob_free, empty, frozen, type_onehot):
-    """Free-parameter flags per column (B, N, 4) and per frame (B, 1 + T): empty sites have nothing free, runaway
-    widths are fixed, and a shared width whose columns were all removed has no data left (fixed in that frame)."""
+def _free_flags(col_free, glob_free, empty, fixed_w, type_onehot):
+    """Free-parameter flags per column (B, N, 4) and per frame (B, 1 + T): empty sites have nothing free, the
+    widths ``fixed_w`` (runaways, columns restored twice) are fixed, and a shared width whose columns were all
+    removed has no data left (fixed in that frame)."""
     B, N = empty.shape
     free = col_free.expand(B, N, 4).clone()
-    free[..., M.RHO] *= (~frozen).to(free.dtype)
+    free[..., M.RHO] *= (~fixed_w).to(free.dtype)
     free[empty] = 0.0
     gfree = glob_free.expand(B, -1).clone()
     gfree[:, 1:] *= ((~empty).to(gfree.dtype) @ type_onehot > 0).to(gfree.dtype)  # (free only with common widths)
     return free, gfree
 
 
-def _runaways(rho, rho0c, drift, wide_run, type_onehot, done, frozen):
+def _runaways(rho, rho0c, drift, wide_run, type_onehot, done, earlier):
     """Individual widths that ran away, to be fixed now ((B, N) bool), and the updated count per column of
     iterations in a row as a runaway: past _RUNAWAY_WIDTH x its start width ``rho0c`` having drifted more than that
     start width from its start position (``drift``, [px]), or past _MAX_WIDTH_GROWTH x wherever it is.
@@ -996,7 +1006,7 @@ def _runaways(rho, rho0c, drift, wide_run, type_onehot, done, frozen):
     position and width, its width fixed, and reported not converged; the frame goes on (it used to stop as a
     runaway, all 333 columns unconverged, after iterations whose windows, shared by all columns, had grown to ~150
     px). A column of a wider kind stays on its site and settles: it is left alone up to _MAX_WIDTH_GROWTH x. Only
-    a few columns count (one, or < 10 % of the columns and < half of every type, those fixed earlier (``frozen``)
+    a few columns count (one, or < 10 % of the columns and < half of every type, those fixed earlier (``earlier``)
     included, for _RUNAWAY_PATIENCE iterations in a row, which lets a first overshooting step settle): many columns
     growing together mean a start width far too small, which the frame's re-padding handles (past
     _MAX_WIDTH_GROWTH x, its stop), or a broad feature under many columns (a hump of 0.5–1x the column height, σ 4
@@ -1004,7 +1014,7 @@ def _runaways(rho, rho0c, drift, wide_run, type_onehot, done, frozen):
     tests, and every frame ran to max_iter; it stops as a runaway, as before)."""
     ratio = rho / rho0c
     beyond = ((ratio > _RUNAWAY_WIDTH) & (drift > rho0c)) | (ratio > _MAX_WIDTH_GROWTH)
-    share = (beyond | frozen).to(rho.dtype)
+    share = (beyond | earlier).to(rho.dtype)
     # (one column alone is never systematic, though it is 10 % of a 10-column image)
     systematic = (share.sum(1) >= 2) & ((share.mean(1) >= 0.1)
                                          | ((share @ type_onehot / type_onehot.sum(0)).amax(1) >= 0.5))
@@ -1019,16 +1029,20 @@ def _empty_sites(st, c0, rho0c, cb, g_eta, half_msr, noise, types, n_types, empt
 
     Significance of a column: its height in standard errors, z = η·sqrt(F/σ²) (Wald test with the Fisher
     information of η alone, ``cb[..., η, η]``; σ² = 1 for Poisson, the mean squared residual 2·``half_msr`` for
-    least squares), taken for a column of its type's width w (the median width of the type's significant columns;
-    Σ g² ∝ ρ²): a Gaussian shrunk onto one noisy pixel (individual widths) has a tall height but the volume of a
-    spike, so the same volume at width w (z × ρ/w); one spread over the background collects a large volume at a
-    low height, so that height at width w (z × w/ρ). Shared widths are taken as they are down to half the type's
-    start width; below, with the same volume at half the start width (z × 2ρ/ρ₀), and the type's columns roam: an
-    invisible type's width crawled to a fraction of a pixel while its columns fitted single noisy pixels that
-    looked significant at that width (SrTiO3-like, O at 3 % of Sr, 10³ e⁻/Å²: the frame ran to max_iter and every
-    column was reported unconverged).
+    least squares), taken for a column of its type's width w (the median width of the type's columns significant
+    as they are, never below half the type's start width; Σ g² ∝ ρ²): a Gaussian shrunk onto one noisy pixel
+    (individual widths) has a tall height but the volume of a spike, so the same volume at width w (z × ρ/w, and,
+    in a type with fewer than half its columns significant, height η·(ρ/w)² in the faintness test below); one
+    spread over the background collects a large volume at a low height, so that height at width w (z × w/ρ).
+    (Before w had a floor, the spikes of an invisible type set it: SrTiO3-like, O at 3 % of Sr, Poisson at 2·10⁴
+    e⁻/Å², frames ran to max_iter with Sr and Ti unconverged.)
+    Shared widths are taken as they are down to half the type's start width; below, with the same volume at half
+    the start width (z × 2ρ/ρ₀), and the type's columns roam: an invisible type's width crawled to a fraction of a
+    pixel while its columns fitted single noisy pixels that looked significant at that width (SrTiO3-like, O at 3 %
+    of Sr, 10³ e⁻/Å²: the frame ran to max_iter and every column was reported unconverged). Significant columns
+    are those with z ≥ _Z_EMPTY.
 
-    A faint column (η below _EMPTY_SHARE of the 90th percentile of the heights of its type's significant columns,
+    A faint column (height below _EMPTY_SHARE of the 90th percentile of the heights of its type's significant columns,
     z ≥ _Z_EMPTY — or any height if the type has none; a guard against a least-squares σ² inflated by a misfit
     elsewhere) is removed — height 0, nothing free — when there is clearly nothing there (z < _Z_NONE) or when it
     is not significant (z < _Z_EMPTY) and roams: moved more than 2w from its start, or (individual widths) a width
@@ -1047,7 +1061,8 @@ def _empty_sites(st, c0, rho0c, cb, g_eta, half_msr, noise, types, n_types, empt
     times, when the score test at its start shape finds a column after all (the height one Newton step from 0 would
     give, ``g_eta / F``, is ≥ _Z_RELEASE standard errors: a real column that a poor start — e.g. a background level
     far off, or a least-squares σ² still mostly misfit — made look empty); after that it can only be removed again,
-    so the fit terminates. ``released`` counts the restores per column.
+    so the fit terminates. ``released`` counts the restores per column; with individual widths the caller fixes
+    the width of a column restored a second time at its start (it faded again with its width free).
     """
     var = 1.0 if noise == "poisson" else 2 * half_msr[:, None]
     eta, rho = st.col[..., M.ETA], st.rho()
@@ -1061,14 +1076,25 @@ def _empty_sites(st, c0, rho0c, cb, g_eta, half_msr, noise, types, n_types, empt
         return torch.nan_to_num(torch.stack([fn(x[:, k]) for k in per_type], 1)[:, types], nan=fallback)
 
     significant = ~empty & (z_own >= _Z_EMPTY)
-    seen = seen | significant  # ``seen``: significant at an earlier solve (the caller records this one's)
     if st.width_mode == "individual":
         median = lambda v: v.nanmedian(dim=1).values  # noqa: E731
         width = over_type(rho, significant, median, 0.0)
         width = torch.where(width > 0, width, over_type(rho, ~empty, median, 0.0))
         width = torch.where(width > 0, width, rho)
+        # never below half the type's start width: the columns of an invisible type shrink onto single noisy
+        # pixels, and their median width with them, against which such a spike looked significant (SrTiO3-like, O
+        # at 3 % of Sr, individual widths, Poisson at 2·10⁴ e⁻/Å²: frames ran to max_iter, Sr and Ti unconverged)
+        width = torch.maximum(width, 0.5 * rho0c)
         ratio = rho / width
         z = z_own * torch.minimum(ratio, 1 / ratio)
+        # the significant columns are those significant at width w (spikes do not set the type's typical height);
+        # in a type of which fewer than half the columns are significant (an invisible or barely visible
+        # sublattice), a spike's height is that of its volume at width w, so it does not look bright against that
+        # typical height either. (Taken in every type, this removed real columns of a strongly overlapping lattice
+        # while they traded intensity with their neighbours: 100 iterations, every column unconverged.)
+        significant = ~empty & (z >= _Z_EMPTY)
+        visible = over_type(significant.to(eta.dtype), ~empty, lambda v: v.nanmean(dim=1), 0.0) >= 0.5
+        height = torch.where(visible, eta, eta * torch.clamp(ratio, max=1.0) ** 2)
     else:  # shared widths: every column of a type has the type's width, tested as is down to half its start
         # width; a type whose width shrank further (an invisible sublattice whose columns fit single noisy pixels,
         # its shared width crawling to a fraction of a pixel) is tested with the same volume at half its start
@@ -1076,7 +1102,9 @@ def _empty_sites(st, c0, rho0c, cb, g_eta, half_msr, noise, types, n_types, empt
         width = rho
         ratio = torch.clamp(rho / rho0c, max=1.0)
         z = z_own * torch.clamp(2 * ratio, max=1.0)
-        significant = ~empty & (z >= _Z_EMPTY)  # (a subset of the first: ``seen`` already holds these)
+        significant = ~empty & (z >= _Z_EMPTY)
+        height = eta
+    seen = seen | significant  # ``seen``: significant at an earlier solve (the caller records this one's)
     candidates = ~empty & live & (z < _Z_EMPTY)
     if not bool((candidates | empty).any()):  # the usual case: every column significant, none removed
         return candidates, candidates, eta, significant
@@ -1085,8 +1113,8 @@ def _empty_sites(st, c0, rho0c, cb, g_eta, half_msr, noise, types, n_types, empt
     release = empty & (released < _MAX_RELEASES) & live & (z_score >= _Z_RELEASE)
     if not bool(candidates.any()):
         return candidates, release, eta_score, significant
-    typical = over_type(eta, significant, lambda v: v.nanquantile(0.9, dim=1), math.inf)
-    faint = eta < _EMPTY_SHARE * typical
+    typical = over_type(height, significant, lambda v: v.nanquantile(0.9, dim=1), math.inf)
+    faint = height < _EMPTY_SHARE * typical
     moved = torch.hypot(st.col[..., M.CX] - c0[..., 0], st.col[..., M.CY] - c0[..., 1])
     roams = (moved > 2 * width) | (ratio < 0.5) | (ratio > 2.0)
     # a type without a single significant column (an invisible sublattice given as a type) shows nothing: its
@@ -1510,6 +1538,7 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
     conv = st["conv"].cpu().numpy()
     empty = st["empty"].cpu().numpy()
     runaway = st["runaway"].cpu().numpy()
+    width_fixed = st["width_fixed"].cpu().numpy()
     # a column whose centre left the image is fitting a tail of noise (e.g. a spurious peak at the border): the
     # optimum may be genuine, but its parameters are not an estimate of a column, so it is not reported converged
     outside = outside_image(np.stack((x, y), -1), img3.shape[1:], p)
@@ -1586,6 +1615,12 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
                       "width: two start positions for one column?)")
         warnings.warn(f"{int((~conv).sum())} of {conv.size} columns did not converge{moved} (fit.table['converged'] "
                       f"is False for them; their parameters are not estimates).{hint}", UserWarning, stacklevel=3)
+    faded = width_fixed & ~runaway & ~empty
+    if faded.any():
+        warnings.warn(f"{int(faded.sum())} column(s) faded twice with their width free and were fitted with the width "
+                      "fixed at its start value (fit.table['width_fixed']): the data do not determine their "
+                      "individual widths (e.g. least squares at ~1 count per pixel; Poisson ML, common widths or a "
+                      "higher dose do). Their SCS assumes that width.", UserWarning, stacklevel=3)
     table = pd.DataFrame(
         {
             "frame": np.repeat(np.arange(B), N),
@@ -1603,6 +1638,7 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
             "converged": conv.ravel(),
             "empty_site": empty.ravel(),
             "runaway": runaway.ravel(),
+            "width_fixed": width_fixed.ravel(),
         }
     )
     sq = (lambda a: a) if stack else (lambda a: a[0])
@@ -1621,5 +1657,5 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
         noise=noise,
         width_mode=width_mode,
         info={"window_half_size_px": int(st["h"].max()), "empty_sites": int(empty.sum()),
-              "runaways": int(runaway.sum())},
+              "runaways": int(runaway.sum()), "widths_fixed": int(width_fixed.sum())},
     )
