@@ -976,6 +976,20 @@ def test_units_contradicting_the_dose(rng):
         fit_columns(counts / (dose * P * P), pos, P, dose=dose, crlb=False)
 
 
+def test_least_squares_at_a_few_counts_per_pixel_warns(rng):
+    # 10³ e⁻/Å² at 0.2 Å pixels: ~0.5 counts per pixel, where least squares with individual widths reported columns
+    # shrunk onto a few pixels converged, SCS 5-8 bounds off (Poisson ML on the same frames: none past 5)
+    pos, shape = lattice(3)
+    img = gaussian_image(pos, 0.45, 0.05, 0.005, shape)
+    noisy = rng.poisson(img * 1e3 * P * P) / (1e3 * P * P)
+    with pytest.warns(UserWarning, match="least squares on 0.[0-9]+ counts per pixel"):
+        fit_columns(noisy, pos, P, dose=1e3, noise="gaussian", crlb=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Poisson ML, or least squares at 10⁵ e⁻/Å² (~40 counts per pixel): silent
+        fit_columns(noisy, pos, P, dose=1e3, noise="poisson", crlb=False)
+        fit_columns(rng.poisson(img * 1e5 * P * P) / (1e5 * P * P), pos, P, dose=1e5, noise="gaussian", crlb=False)
+
+
 def test_crlb_bad_input():
     with pytest.raises(ValueError, match="outside"):
         column_crlb([[50.0, 1.0]], 0.4, 1.0, 0.1, (20, 20), P, 1e3)
