@@ -347,6 +347,42 @@ def test_individual_widths_on_the_pt_particle_converge():
     assert (err[fit.converged] < 5).all()
 
 
+def test_a_column_restored_twice_gets_its_width_fixed(monkeypatch):
+    # A real column removed as an empty site and restored twice faded again with its width free each time (least
+    # squares at ~1 count per pixel, strongly overlapping individual widths: frames cycled to max_iter). The second
+    # restore fixes its width at the start value: flagged, warned, and the frame converges. The removals are forced
+    # here (the cycles of the sweep take 100 iterations of a 144-column frame).
+    import stemquant.quant._fit as F
+
+    real = F._empty_sites
+    calls = {"n": 0}
+
+    def forced(st, c0, rho0c, cb, g_eta, half_msr, noise, types, n_types, empty, released, done, seen):
+        new_empty, release, eta_score, significant = real(st, c0, rho0c, cb, g_eta, half_msr, noise, types, n_types,
+                                                          empty, released, done, seen)
+        calls["n"] += 1
+        if calls["n"] in (1, 3):  # remove column 4 ...
+            new_empty = new_empty.clone()
+            new_empty[:, 4] = True
+        elif calls["n"] in (2, 4):  # ... and restore it at the next solve
+            release = release.clone()
+            release[:, 4] = True
+        return new_empty, release, eta_score, significant
+
+    monkeypatch.setattr(F, "_empty_sites", forced)
+    pos, shape = lattice(3)
+    rho = np.array([0.40, 0.42, 0.44, 0.46, 0.55, 0.46, 0.44, 0.42, 0.40])
+    img = gaussian_image(pos, rho, 0.05, 0.005, shape)
+    noisy = np.random.default_rng(0).poisson(img * 1e5 * P * P) / (1e5 * P * P)
+    with pytest.warns(UserWarning, match="1 column.s. faded twice"):
+        fit = fit_columns(noisy, pos, P, dose=1e5, noise="poisson", width="individual", crlb=False)
+    t = fit.table
+    assert t["width_fixed"].tolist() == [False] * 4 + [True] + [False] * 4 and fit.info["widths_fixed"] == 1
+    assert fit.converged.all() and not t["runaway"].any()
+    # fixed at the start width (one estimate for all columns), not at its own 0.55 Å; the others are fitted
+    assert abs(fit.widths[4] - 0.55) > 0.05 and np.allclose(fit.widths[[0, 8]], 0.40, atol=0.02)
+
+
 def test_individual_widths_of_two_column_types_converge():
     # Half the columns 2.5x wider than the others, individual widths, least squares: the CG solves used to stop
     # after 1-2 iterations (a preconditioner that misjudges one coupled direction shrinks the first residual by
