@@ -96,6 +96,10 @@ def _write_fit_metadata(path: Path, args, fit, *, pixel_size_source: str) -> Non
             "height": intensity, "background": intensity, "scs": scs_unit,
             "x_crlb": "Å", "y_crlb": "Å", "scs_crlb": scs_unit,
             "empty_site": "bool: no significant column at the start position, removed (height and SCS 0)",
+            "runaway": "bool: individual width ran away (a broad feature under the start); fitted at the start "
+                       "position and width, not converged",
+            "width_fixed": "bool: individual width fixed at its start value (runaways; columns that shrank and faded "
+                           "twice); the SCS assumes that width",
         },
     }
     with atomic_write(path, overwrite=args.overwrite) as tmp:

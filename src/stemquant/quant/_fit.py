@@ -77,8 +77,10 @@ class FitResult:
         no significant column under it (a vacancy or spurious start), removed from the model: height and SCS 0,
         position and width at the start, NaN bounds (``table["empty_site"]``; docs/fitting.md) — nor a runaway
         width: an individual width that grew past 3x its start while drifting off (a start on a broad feature the
-        model has no term for), fitted at its start position with the width fixed at its start value
-        (``table["runaway"]``). ``fit_columns`` warns when any column is not converged.
+        model has no term for), fitted at its start position and width, only its height free
+        (``table["runaway"]``). ``fit_columns`` warns when any column is not converged. (``table["width_fixed"]``
+        marks the columns whose individual width was fixed at its start: the runaways, and real columns that faded
+        twice by shrinking onto a few pixels — these may converge; their SCS assumes that width.)
     n_iter : ndarray of int, shape ([B])
         Levenberg–Marquardt iterations used per frame.
     objective : ndarray, shape ([B])
@@ -257,7 +259,8 @@ def fit_columns(
             )
     _check_intensity_units(img3, dose, noise, p)
     counts = float(np.mean(img3)) * scale
-    if noise == "gaussian" and dose is not None and counts < 1.0:
+    if noise == "gaussian" and dose is not None and counts < 1.0 and not np.any(img3 < 0):
+        # (not for a background-subtracted or restored image with negative pixels: Poisson ML refuses those)
         # measured (individual widths, 5x5 lattice, 40 frames): at 10³ e⁻/Å² (0.4 counts/pixel) 15 converged SCS
         # 5-8 bounds off, several columns shrunk onto a few pixels; Poisson ML on the same frames: none past 5
         warnings.warn(f"least squares on {counts:.2g} counts per pixel (image mean): there its estimates are "
@@ -758,6 +761,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     h0 = h  # the windows' start half-size: they shrink back to it (at most) when a runaway width is fixed
     runaways = torch.zeros(B, N, dtype=torch.bool, device=dev)  # runaway widths, fixed at their start (_runaways)
     fixed_w = torch.zeros(B, N, dtype=torch.bool, device=dev)  # widths fixed at their start: runaways, twice restored
+    shrank = torch.zeros(B, N, dtype=torch.bool, device=dev)  # removed as empty sites while narrower than ½ start
     wide_run = torch.zeros(B, N, dtype=torch.long, device=dev)  # iterations in a row past _RUNAWAY_WIDTH x start
     released = torch.zeros(B, N, dtype=torch.long, device=dev)  # times each empty site was restored
     seen = torch.zeros(B, N, dtype=torch.bool, device=dev)  # columns that were significant at some solve
@@ -787,17 +791,20 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         if bool(event.any()):
             empty = (empty | new_empty) & ~release
             if width_mode == "individual":
-                # a column restored a second time had faded again with its width free: a real column whose width the
-                # data do not determine (at ~1 count per pixel, least squares: one shrank onto a 0.11 Å spike, its
-                # SCS 1/3 of the truth, 7.6 bounds off, reported converged). It is restored with its width fixed at
-                # its start.
-                fixed_w |= release & (released > 0)
+                # a column restored a second time that had faded again by shrinking (below half its start width)
+                # with its width free: a real column whose width the data do not determine (at ~1 count per pixel,
+                # least squares: one shrank onto a 0.11 Å spike, its SCS 1/3 of the truth, 7.6 bounds off, reported
+                # converged). It is restored with its width fixed at its start. (Not one that faded by widening or
+                # roaming: a spurious start on a faint hump, width fixed, slid towards the hump and was reported a
+                # converged column; it stays an empty site.)
+                shrank = torch.where(new_empty, st.rho() < 0.5 * rho0c, shrank)
+                fixed_w |= release & (released > 0) & shrank
             released += release.long()
             st.col = _reset_empty(st.col, new_empty, c0, rho0c)
             st.col[..., M.ETA] = torch.where(release, eta_score, st.col[..., M.ETA])
             step_c = step_c * (~new_empty)[..., None]
             prob = prob.with_free(M.make_geometry(st.col[..., M.CX], st.col[..., M.CY], prob.geom.h, (H, W), pad),
-                                  *_free_flags(col_free, glob_free, empty, fixed_w, type_onehot))
+                                  *_free_flags(col_free, glob_free, empty, fixed_w, runaways, type_onehot))
             prof, f = prob.model(st)
             obj = prob.objective(f)
             blocks = None
@@ -922,16 +929,17 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
             drift = torch.hypot(st.col[..., M.CX] - c0[..., 0], st.col[..., M.CY] - c0[..., 1])
             freeze, wide_run = _runaways(rho, rho0c, drift, wide_run, type_onehot, done, runaways)
         if bool(freeze.any()):
-            # back to the start position and width, the width fixed; its frame starts its stopping tests afresh
+            # back to the start position and width, both fixed (its height is fitted); its frame starts its
+            # stopping tests afresh
             runaways |= freeze
             fixed_w |= freeze
             st.col = torch.where(freeze[..., None], torch.cat((c0, st.col[..., M.ETA:M.RHO], rho0c[..., None]), -1),
                                  st.col)
-            prob = prob.with_free(prob.geom, *_free_flags(col_free, glob_free, empty, fixed_w, type_onehot))
-            event = freeze.any(1)
-            last_share = torch.where(event, math.inf, last_share)
-            quad_share = torch.where(event, math.inf, quad_share)
-            newton = newton & ~event
+            prob = prob.with_free(prob.geom, *_free_flags(col_free, glob_free, empty, fixed_w, runaways, type_onehot))
+            reset = freeze.any(1)
+            last_share = torch.where(reset, math.inf, last_share)
+            quad_share = torch.where(reset, math.inf, quad_share)
+            newton = newton & ~reset
             blocks, h_min = None, h0
             rho = torch.where(empty, 0.0, st.rho())
         grown = (rho * truncation > pad).any(1)
@@ -989,13 +997,15 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     }
 
 
-def _free_flags(col_free, glob_free, empty, fixed_w, type_onehot):
+def _free_flags(col_free, glob_free, empty, fixed_w, runaways, type_onehot):
     """Free-parameter flags per column (B, N, 4) and per frame (B, 1 + T): empty sites have nothing free, the
-    widths ``fixed_w`` (runaways, columns restored twice) are fixed, and a shared width whose columns were all
-    removed has no data left (fixed in that frame)."""
+    widths ``fixed_w`` (runaways, columns restored twice) are fixed, so are the positions of the ``runaways`` (left
+    free, one crawled 1.4 Å towards the feature it had run away to, for ~60 iterations), and a shared width whose
+    columns were all removed has no data left (fixed in that frame)."""
     B, N = empty.shape
     free = col_free.expand(B, N, 4).clone()
     free[..., M.RHO] *= (~fixed_w).to(free.dtype)
+    free[..., M.CX : M.ETA] *= (~runaways).to(free.dtype)[..., None]
     free[empty] = 0.0
     gfree = glob_free.expand(B, -1).clone()
     gfree[:, 1:] *= ((~empty).to(gfree.dtype) @ type_onehot > 0).to(gfree.dtype)  # (free only with common widths)
@@ -1011,15 +1021,16 @@ def _runaways(rho, rho0c, drift, wide_run, type_onehot, done, earlier):
     term for (a thickness hump, an amorphous patch, the halo of probe tails under a particle, which a constant
     background cannot take up) — keeps growing: on the 333-column Pt particle (Poisson, 10⁴ e⁻/Å²) a single-atom
     rim column slid ~10 Å into the particle and widened to 4.8 Å, 9x its start. Such a column is reset to its start
-    position and width, its width fixed, and reported not converged; the frame goes on (it used to stop as a
-    runaway, all 333 columns unconverged, after iterations whose windows, shared by all columns, had grown to ~150
-    px). A column of a wider kind stays on its site and settles: it is left alone up to _MAX_WIDTH_GROWTH x. Only
-    a few columns count (one, or < 10 % of the columns and < half of every type, those fixed earlier (``earlier``)
-    included, for _RUNAWAY_PATIENCE iterations in a row, which lets a first overshooting step settle): many columns
-    growing together mean a start width far too small, which the frame's re-padding handles (past
-    _MAX_WIDTH_GROWTH x, its stop), or a broad feature under many columns (a hump of 0.5–1x the column height, σ 4
-    Å, under an 8x8 lattice: its columns ran away a few at a time, each fixing restarting the frame's stopping
-    tests, and every frame ran to max_iter; it stops as a runaway, as before)."""
+    position and width, both fixed (its height is fitted), and reported not converged; the frame goes on (it used
+    to stop as a runaway, all 333 columns unconverged, after iterations whose windows, shared by all columns, had
+    grown to ~150 px). A column of a wider kind stays on its site and settles: it is left alone up to
+    _MAX_WIDTH_GROWTH x. Only a few columns count (one, or < 10 % of the columns and < half of every type, those
+    fixed earlier (``earlier``) included, for _RUNAWAY_PATIENCE iterations in a row, which lets a first
+    overshooting step settle): many columns growing together mean a start width far too small, which the frame's
+    re-padding handles (past _MAX_WIDTH_GROWTH x, its stop), or a broad feature under many columns (a hump of
+    0.5–1x the column height, σ 4 Å, under an 8x8 lattice: its columns ran away a few at a time, each fixing
+    restarting the frame's stopping tests, and every frame ran to max_iter; past 10 % the frame now falls back to
+    the stop at _MAX_WIDTH_GROWTH x)."""
     ratio = rho / rho0c
     beyond = ((ratio > _RUNAWAY_WIDTH) & (drift > rho0c)) | (ratio > _MAX_WIDTH_GROWTH)
     share = (beyond | earlier).to(rho.dtype)
@@ -1038,12 +1049,13 @@ def _empty_sites(st, c0, rho0c, cb, g_eta, half_msr, noise, types, n_types, empt
     Significance of a column: its height in standard errors, z = η·sqrt(F/σ²) (Wald test with the Fisher
     information of η alone, ``cb[..., η, η]``; σ² = 1 for Poisson, the mean squared residual 2·``half_msr`` for
     least squares), taken for a column of its type's width w (the median width of the type's columns significant
-    as they are, never below half the type's start width; Σ g² ∝ ρ²): a Gaussian shrunk onto one noisy pixel
+    as they are; Σ g² ∝ ρ²): a Gaussian shrunk onto one noisy pixel
     (individual widths) has a tall height but the volume of a spike, so the same volume at width w (z × ρ/w, and,
     in a type with fewer than half its columns significant, height η·(ρ/w)² in the faintness test below); one
     spread over the background collects a large volume at a low height, so that height at width w (z × w/ρ).
-    (Before w had a floor, the spikes of an invisible type set it: SrTiO3-like, O at 3 % of Sr, Poisson at 2·10⁴
-    e⁻/Å², frames ran to max_iter with Sr and Ti unconverged.)
+    (Before the significance of a spike was taken at width w, the spikes of an invisible type looked significant
+    and set the type's typical height: SrTiO3-like, O at 3 % of Sr, individual widths, Poisson at 2·10⁴ e⁻/Å²
+    (O peaks < 1 count), frames ran to max_iter with Sr and Ti unconverged.)
     Shared widths are taken as they are down to half the type's start width; below, with the same volume at half
     the start width (z × 2ρ/ρ₀), and the type's columns roam: an invisible type's width crawled to a fraction of a
     pixel while its columns fitted single noisy pixels that looked significant at that width (SrTiO3-like, O at 3 %
@@ -1089,10 +1101,6 @@ def _empty_sites(st, c0, rho0c, cb, g_eta, half_msr, noise, types, n_types, empt
         width = over_type(rho, significant, median, 0.0)
         width = torch.where(width > 0, width, over_type(rho, ~empty, median, 0.0))
         width = torch.where(width > 0, width, rho)
-        # never below half the type's start width: the columns of an invisible type shrink onto single noisy
-        # pixels, and their median width with them, against which such a spike looked significant (SrTiO3-like, O
-        # at 3 % of Sr, individual widths, Poisson at 2·10⁴ e⁻/Å²: frames ran to max_iter, Sr and Ti unconverged)
-        width = torch.maximum(width, 0.5 * rho0c)
         ratio = rho / width
         z = z_own * torch.minimum(ratio, 1 / ratio)
         # the significant columns are those significant at width w (spikes do not set the type's typical height);
@@ -1545,8 +1553,8 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
     scs = 2 * np.pi * eta * rho**2
     conv = st["conv"].cpu().numpy()
     empty = st["empty"].cpu().numpy()
-    runaway = st["runaway"].cpu().numpy()
-    width_fixed = st["width_fixed"].cpu().numpy()
+    runaway = st["runaway"].cpu().numpy() & ~empty  # (a runaway later removed as an empty site is an empty site)
+    width_fixed = st["width_fixed"].cpu().numpy() & ~empty
     # a column whose centre left the image is fitting a tail of noise (e.g. a spurious peak at the border): the
     # optimum may be genuine, but its parameters are not an estimate of a column, so it is not reported converged
     outside = outside_image(np.stack((x, y), -1), img3.shape[1:], p)
@@ -1614,7 +1622,8 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
                       "the start, CRLB NaN; fit.table['empty_site'])")
         if runaway.any():
             moved += (f", {int(runaway.sum())} of them runaway widths (past {_RUNAWAY_WIDTH:g}x their start width "
-                      "and drifting: fitted at the start position with the width fixed there; fit.table['runaway'])")
+                      "and drifting: fitted at the start position and width, only the height free; "
+                      "fit.table['runaway'])")
             hint += (" A runaway width is a start on a broad feature the model has no term for (a halo of probe "
                      "tails, a thickness hump, an amorphous patch) or a column of a much wider kind (give it its own "
                      "type); common widths avoid it.")
@@ -1623,12 +1632,12 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
                       "width: two start positions for one column?)")
         warnings.warn(f"{int((~conv).sum())} of {conv.size} columns did not converge{moved} (fit.table['converged'] "
                       f"is False for them; their parameters are not estimates).{hint}", UserWarning, stacklevel=3)
-    faded = width_fixed & ~runaway & ~empty
+    faded = width_fixed & ~runaway
     if faded.any():
-        warnings.warn(f"{int(faded.sum())} column(s) faded twice with their width free and were fitted with the width "
-                      "fixed at its start value (fit.table['width_fixed']): the data do not determine their "
-                      "individual widths (e.g. least squares at ~1 count per pixel; Poisson ML, common widths or a "
-                      "higher dose do). Their SCS assumes that width.", UserWarning, stacklevel=3)
+        warnings.warn(f"{int(faded.sum())} column(s) shrank and faded twice with their width free and were fitted "
+                      "with the width fixed at its start value (fit.table['width_fixed']): the data do not determine "
+                      "their individual widths (e.g. least squares at ~1 count per pixel; Poisson ML, common widths or "
+                      "a higher dose do). Their SCS assumes that width.", UserWarning, stacklevel=3)
     table = pd.DataFrame(
         {
             "frame": np.repeat(np.arange(B), N),
