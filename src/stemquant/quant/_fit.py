@@ -79,8 +79,9 @@ class FitResult:
         width: an individual width that grew past 3x its start while drifting off (a start on a broad feature the
         model has no term for), fitted at its start position and width, only its height free
         (``table["runaway"]``). ``fit_columns`` warns when any column is not converged. (``table["width_fixed"]``
-        marks the columns whose individual width was fixed at its start: the runaways, and real columns that faded
-        twice by shrinking onto a few pixels — these may converge; their SCS assumes that width.)
+        marks the columns whose individual width was fixed at its start: the runaways, and columns removed as empty
+        sites and restored twice — these converge only within their start width of their start position; their SCS
+        assumes that width.)
     n_iter : ndarray of int, shape ([B])
         Levenberg–Marquardt iterations used per frame.
     objective : ndarray, shape ([B])
@@ -761,7 +762,6 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     h0 = h  # the windows' start half-size: they shrink back to it (at most) when a runaway width is fixed
     runaways = torch.zeros(B, N, dtype=torch.bool, device=dev)  # runaway widths, fixed at their start (_runaways)
     fixed_w = torch.zeros(B, N, dtype=torch.bool, device=dev)  # widths fixed at their start: runaways, twice restored
-    shrank = torch.zeros(B, N, dtype=torch.bool, device=dev)  # removed as empty sites while narrower than ½ start
     wide_run = torch.zeros(B, N, dtype=torch.long, device=dev)  # iterations in a row past _RUNAWAY_WIDTH x start
     released = torch.zeros(B, N, dtype=torch.long, device=dev)  # times each empty site was restored
     seen = torch.zeros(B, N, dtype=torch.bool, device=dev)  # columns that were significant at some solve
@@ -791,14 +791,14 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         if bool(event.any()):
             empty = (empty | new_empty) & ~release
             if width_mode == "individual":
-                # a column restored a second time that had faded again by shrinking (below half its start width)
-                # with its width free: a real column whose width the data do not determine (at ~1 count per pixel,
-                # least squares: one shrank onto a 0.11 Å spike, its SCS 1/3 of the truth, 7.6 bounds off, reported
-                # converged). It is restored with its width fixed at its start. (Not one that faded by widening or
-                # roaming: a spurious start on a faint hump, width fixed, slid towards the hump and was reported a
-                # converged column; it stays an empty site.)
-                shrank = torch.where(new_empty, st.rho() < 0.5 * rho0c, shrank)
-                fixed_w |= release & (released > 0) & shrank
+                # a column restored a second time had faded again with its width free: a real column whose width
+                # the data do not determine (at ~1 count per pixel, least squares: one shrank onto a 0.11 Å spike,
+                # its SCS 1/3 of the truth, 7.6 bounds off, reported converged; the single-atom rim columns of the
+                # Pt particle at 5·10² e⁻/Å² widened and roamed, removed and restored until every frame ran to
+                # max_iter). It is restored with its width fixed at its start, and reported converged only if it
+                # stays within that width of its start (a spurious start on a faint hump, width fixed, slid 0.7-1.8 Å
+                # towards the hump).
+                fixed_w |= release & (released > 0)
             released += release.long()
             st.col = _reset_empty(st.col, new_empty, c0, rho0c)
             st.col[..., M.ETA] = torch.where(release, eta_score, st.col[..., M.ETA])
@@ -977,6 +977,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         & (moved < 4 * rho0c)
         & ~empty
         & ~runaways
+        & ~(fixed_w & (torch.hypot(st.col[..., M.CX] - c0[..., 0], st.col[..., M.CY] - c0[..., 1]) > rho0c))
     )
     # noise variance of the least-squares bounds: the criterion is ½Σ(d − f)² over the real pixels (no second pass
     # over the image); Poisson bounds need none
@@ -1082,7 +1083,7 @@ def _empty_sites(st, c0, rho0c, cb, g_eta, half_msr, noise, types, n_types, empt
     give, ``g_eta / F``, is ≥ _Z_RELEASE standard errors: a real column that a poor start — e.g. a background level
     far off, or a least-squares σ² still mostly misfit — made look empty); after that it can only be removed again,
     so the fit terminates. ``released`` counts the restores per column; with individual widths the caller fixes
-    the width of a column restored a second time at its start (it faded again with its width free).
+    the width of a column restored a second time at its start.
     """
     var = 1.0 if noise == "poisson" else 2 * half_msr[:, None]
     eta, rho = st.col[..., M.ETA], st.rho()
@@ -1634,10 +1635,11 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
                       f"is False for them; their parameters are not estimates).{hint}", UserWarning, stacklevel=3)
     faded = width_fixed & ~runaway
     if faded.any():
-        warnings.warn(f"{int(faded.sum())} column(s) shrank and faded twice with their width free and were fitted "
-                      "with the width fixed at its start value (fit.table['width_fixed']): the data do not determine "
-                      "their individual widths (e.g. least squares at ~1 count per pixel; Poisson ML, common widths or "
-                      "a higher dose do). Their SCS assumes that width.", UserWarning, stacklevel=3)
+        warnings.warn(f"{int(faded.sum())} column(s) faded twice with their width free and were fitted with the "
+                      "width fixed at its start value (fit.table['width_fixed']; converged only within that width of "
+                      "the start position): the data do not determine their individual widths (low dose, or least "
+                      "squares at ~1 count per pixel; common widths or a higher dose do). Their SCS assumes that "
+                      "width.", UserWarning, stacklevel=3)
     table = pd.DataFrame(
         {
             "frame": np.repeat(np.arange(B), N),
