@@ -159,9 +159,9 @@ def test_an_invisible_column_type_does_not_stall_the_frame(noise, frame):
 def test_an_invisible_column_type_does_not_stall_individual_widths(frame):
     # The SrTiO3-like image above with individual widths, Poisson at 10³ e⁻/Å²: O columns shrank onto single noisy
     # pixels, and the O type's median width with them, against which these spikes looked significant and bright;
-    # 7 of 10 frames ran to max_iter with Sr or Ti columns unconverged (these two among them). The reference width
-    # now has a floor at half the type's start width, and in a type with fewer than half its columns significant a
-    # spike's height is that of its volume at that width.
+    # 7 of 10 frames ran to max_iter with Sr or Ti columns unconverged (these two among them). Significance is now
+    # taken at the type's width w (spikes no longer set the type's typical height), and in a type with fewer than
+    # half its columns significant a spike's height is that of its volume at width w.
     import zlib
 
     a, n, p = 3.9, 4, 0.15
