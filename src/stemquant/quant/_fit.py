@@ -866,6 +866,27 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
             if bool(better.any()):
                 tprof, tf = prob.model(trial)
         ok = (tobj <= obj) & ~done
+        # A slide: an accepted step that decreased the criterion by more than 1.5x the quadratic model's prediction
+        # (the criterion is nearly linear along it: Gauss–Newton's curvature overstates the true one) while its
+        # share grew from the last accepted step's is far from the optimum along a flat direction, where the steps
+        # creep (a rim column of the Pt particle at 10³ e⁻/Å², individual widths, widened into the halo for 50
+        # iterations, each step ~5 % longer than the last with twice the predicted decrease, until the frame hit
+        # max_iter). The same step is tried once more from the trial, and kept if the criterion falls further.
+        # Converging frames do not slide (their shares shrink): their paths are unchanged.
+        slide = ok & ~event & (gain > 1.5) & (s_k > 1.05 * last_share)
+        if bool(slide.any()):
+            trial3 = _State(trial.col + step_c * slide[:, None, None], trial.glob + step_g * slide[:, None], types,
+                            st.width_mode)
+            tprof3, tf3 = prob.model(trial3)
+            tobj3 = _guard(prob.objective(tf3), trial3)
+            further = slide & (tobj3 < tobj)
+            if bool(further.any()):
+                trial = _State(torch.where(further[:, None, None], trial3.col, trial.col),
+                               torch.where(further[:, None], trial3.glob, trial.glob), types, st.width_mode)
+                tobj = torch.where(further, tobj3, tobj)
+                fp = further[:, None, None, None]
+                tprof = M.Profiles(torch.where(fp, tprof3.vx, tprof.vx), torch.where(fp, tprof3.vy, tprof.vy))
+                tf = torch.where(further[:, None], tf3.view(B, -1), tf.view(B, -1)).reshape(-1)
         st.col = torch.where(ok[:, None, None], trial.col, st.col)
         st.glob = torch.where(ok[:, None], trial.glob, st.glob)
         # Stop when the step moves every column's parameters by < 1e-2 of their statistical uncertainty, allowing
