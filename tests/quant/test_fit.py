@@ -336,6 +336,24 @@ def test_a_spurious_start_on_a_faint_hump_is_not_a_column(seed):
     assert fit.converged[:4].all() and not fit.converged[4]
 
 
+def _pt_particle_frame(p, dose, seed):
+    """Frame 3 of 4 Poisson frames of the validation study's 333-column Pt particle (incoherent model, `particle`
+    probe, bundled SCS library, background 10⁻³) at ``dose`` [e⁻/Å²], starts = truth ± 0.05 Å, and the truth."""
+    from stemquant.distort import poisson_noise
+    from stemquant.simulate import PRESETS, load_scs_library, render_incoherent
+    from stemquant.structures import project_columns, pt_nanoparticle
+
+    atoms = pt_nanoparticle()
+    truth = project_columns(atoms)
+    n = int(round(float(atoms.cell[0, 0]) / p))
+    clean = render_incoherent(truth, shape=(n, n), pixel_size=p, probe=PRESETS["particle"],
+                              library=load_scs_library("pt001_particle"), background=1e-3)
+    rng = np.random.default_rng(seed)
+    frames = [poisson_noise(clean, dose=dose, pixel_size=p, rng=rng) / (dose * p * p) for _ in range(4)]
+    xy = truth[["x", "y"]].to_numpy()
+    return frames[3], xy + rng.uniform(-0.05, 0.05, xy.shape), truth
+
+
 def test_individual_widths_on_the_pt_particle_converge():
     # The 333-column Pt particle of the validation study (incoherent model: probe tails leave a halo under the
     # particle that a constant background cannot take up), Poisson at 1e4 e-/A^2, individual widths: a single-atom
@@ -343,22 +361,11 @@ def test_individual_widths_on_the_pt_particle_converge():
     # all 333 columns unconverged (25 s). Now that column is fixed at its start and flagged, the other 332 converge,
     # within 5 of their bounds of the true positions (Gaussian columns fitted to probe-shaped ones: a small bias;
     # false failure of an unbiased efficient estimate ~4e-4 over the 664 coordinates).
-    from stemquant.distort import poisson_noise
-    from stemquant.simulate import PRESETS, load_scs_library, render_incoherent
-    from stemquant.structures import project_columns, pt_nanoparticle
-
     p, dose = 0.1, 1e4
-    atoms = pt_nanoparticle()
-    truth = project_columns(atoms)
-    n = int(round(float(atoms.cell[0, 0]) / p))
-    clean = render_incoherent(truth, shape=(n, n), pixel_size=p, probe=PRESETS["particle"],
-                              library=load_scs_library("pt001_particle"), background=1e-3)
-    rng = np.random.default_rng(0)
-    frames = [poisson_noise(clean, dose=dose, pixel_size=p, rng=rng) / (dose * p * p) for _ in range(4)]
+    frame, start, truth = _pt_particle_frame(p, dose, seed=0)
     xy = truth[["x", "y"]].to_numpy()
-    start = xy + rng.uniform(-0.05, 0.05, xy.shape)
     with pytest.warns(UserWarning, match="1 of them runaway widths"):
-        fit = fit_columns(frames[3], start, p, dose=dose, noise="poisson", width="individual")
+        fit = fit_columns(frame, start, p, dose=dose, noise="poisson", width="individual")
     t = fit.table
     assert t["runaway"].sum() == 1 and (fit.converged == ~t["runaway"].to_numpy()).all()
     assert truth["n_atoms"].to_numpy()[t["runaway"].to_numpy()] == [1]
@@ -373,23 +380,12 @@ def test_a_sliding_column_does_not_stall_the_frame():
     # tried once more (kept if the criterion falls further): the frame converges, positions within 5 of their bounds
     # of the truth (Gaussians fitted to probe-shaped columns: a small bias; false failure of an unbiased efficient
     # estimate ~4e-4 over 664 coordinates).
-    from stemquant.distort import poisson_noise
-    from stemquant.simulate import PRESETS, load_scs_library, render_incoherent
-    from stemquant.structures import project_columns, pt_nanoparticle
-
     p, dose = 0.1, 1e3
-    atoms = pt_nanoparticle()
-    truth = project_columns(atoms)
-    n = int(round(float(atoms.cell[0, 0]) / p))
-    clean = render_incoherent(truth, shape=(n, n), pixel_size=p, probe=PRESETS["particle"],
-                              library=load_scs_library("pt001_particle"), background=1e-3)
-    rng = np.random.default_rng(1000)
-    frames = [poisson_noise(clean, dose=dose, pixel_size=p, rng=rng) / (dose * p * p) for _ in range(4)]
+    frame, start, truth = _pt_particle_frame(p, dose, seed=1000)
     xy = truth[["x", "y"]].to_numpy()
-    start = xy + rng.uniform(-0.05, 0.05, xy.shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # faint rim columns with their widths fixed
-        fit = fit_columns(frames[3], start, p, dose=dose, noise="poisson", width="individual")
+        fit = fit_columns(frame, start, p, dose=dose, noise="poisson", width="individual")
     assert fit.n_iter < 100 and fit.converged.mean() > 0.99
     err = np.abs(fit.positions - xy) / fit.table[["x_crlb", "y_crlb"]].to_numpy()
     assert (err[fit.converged] < 5).all()
