@@ -259,10 +259,10 @@ def fit_columns(
                 "use noise='gaussian' for background-subtracted or restored images"
             )
     _check_intensity_units(img3, dose, noise, p)
-    counts = float(np.mean(img3)) * scale
-    if noise == "gaussian" and dose is not None and counts < 1.0 and not np.any(img3 < 0):
+    if _least_squares_at_low_counts(img3, scale, noise, dose, below=1.0) and not np.any(img3 < 0):
         # (not for a background-subtracted or restored image with negative pixels: Poisson ML refuses those)
-        # measured (individual widths, 5x5 lattice, 40 frames): at 10³ e⁻/Å² (0.4 counts/pixel) 15 converged SCS
+        counts = float(np.mean(img3)) * scale
+        # measured (individual widths, 5x5 lattice, 40 frames): at 10³ e⁻/Å² (~0.5 counts/pixel) 15 converged SCS
         # 5-8 bounds off, several columns shrunk onto a few pixels; Poisson ML on the same frames: none past 5
         warnings.warn(f"least squares on {counts:.2g} counts per pixel (image mean): there its estimates are "
                       "inefficient and biased, and with individual widths a column can shrink onto a few noisy pixels "
@@ -431,9 +431,10 @@ def _check_intensity_units(img3: np.ndarray, dose, noise: str, pixel_size: float
             "meaningless", UserWarning, stacklevel=3)
 
 
-def _least_squares_at_low_counts(img3, scale, noise, dose) -> bool:
-    """Whether a least-squares fit ran on counts so low (image mean < 10 counts/pixel) that Poisson ML is due."""
-    return noise == "gaussian" and dose is not None and float(np.mean(img3)) * scale < 10.0
+def _least_squares_at_low_counts(img3, scale, noise, dose, below: float = 10.0) -> bool:
+    """Whether a least-squares fit runs on counts so low (image mean < ``below`` counts/pixel, a dose given) that
+    Poisson ML is due."""
+    return noise == "gaussian" and dose is not None and float(np.mean(img3)) * scale < below
 
 
 @contextlib.contextmanager
@@ -949,11 +950,11 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         # (Windows are shared by all columns: a runaway widens every window up to the cap, ~64x the area.) A few
         # individual widths running away are fixed instead (_runaways) and the frame goes on.
         h_min = prob.geom.h
-        freeze = torch.zeros_like(runaways)
+        froze = False
         if width_mode == "individual":
-            drift = torch.hypot(st.col[..., M.CX] - c0[..., 0], st.col[..., M.CY] - c0[..., 1])
-            freeze, wide_run = _runaways(rho, rho0c, drift, wide_run, type_onehot, done, runaways)
-        if bool(freeze.any()):
+            freeze, wide_run = _runaways(rho, rho0c, _drift(st.col, c0), wide_run, type_onehot, done, runaways)
+            froze = bool(freeze.any())
+        if froze:
             # back to the start position and width, both fixed (its height is fitted); its frame starts its
             # stopping tests afresh
             runaways |= freeze
@@ -986,7 +987,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         live = ~failed
         need_h = min(_half_size(rho[live].max(), truncation), pad) if bool(live.any()) else prob.geom.h
         h_new = max(need_h, h_min)
-        if repad or bool((moved > 1.0).any()) or h_new != prob.geom.h or bool(freeze.any()):
+        if repad or bool((moved > 1.0).any()) or h_new != prob.geom.h or froze:
             prob.geom = M.make_geometry(st.col[..., M.CX], st.col[..., M.CY], h_new, (H, W), pad)
             prof, f = prob.model(st)
             obj = prob.objective(f)
@@ -1002,7 +1003,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         & (moved < 4 * rho0c)
         & ~empty
         & ~runaways
-        & ~(fixed_w & (torch.hypot(st.col[..., M.CX] - c0[..., 0], st.col[..., M.CY] - c0[..., 1]) > rho0c))
+        & ~(fixed_w & (_drift(st.col, c0) > rho0c))
     )
     # noise variance of the least-squares bounds: the criterion is ½Σ(d − f)² over the real pixels (no second pass
     # over the image); Poisson bounds need none
@@ -1157,7 +1158,7 @@ def _empty_sites(st, c0, rho0c, cb, g_eta, half_msr, noise, types, n_types, empt
         return candidates, release, eta_score, significant
     typical = over_type(height, significant, lambda v: v.nanquantile(0.9, dim=1), math.inf)
     faint = height < _EMPTY_SHARE * typical
-    moved = torch.hypot(st.col[..., M.CX] - c0[..., 0], st.col[..., M.CY] - c0[..., 1])
+    moved = _drift(st.col, c0)
     roams = (moved > 2 * width) | (ratio < 0.5) | (ratio > 2.0)
     # a type without a single significant column (an invisible sublattice given as a type) shows nothing: its
     # insignificant columns go even when they stay put (they would only steer the type's shared width)
@@ -1190,6 +1191,11 @@ def _reset_empty(col, new, c0, rho0c):
     sites)."""
     start = torch.cat((c0, torch.zeros_like(c0[..., :1]), rho0c[..., None]), -1)
     return torch.where(new[..., None], start, col)
+
+
+def _drift(col, c0):
+    """How far [px] each column (B, N) lies from its start position ``c0`` (B, N, 2)."""
+    return torch.hypot(col[..., M.CX] - c0[..., 0], col[..., M.CY] - c0[..., 1])
 
 
 def _off_centre(geom, col):
