@@ -155,6 +155,12 @@ def test_read_errors(tmp_path, image):
     (tmp_path / "bad.h5").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="could not read"):
         load_image(tmp_path / "bad.h5")
+    (tmp_path / "bad.npy").write_bytes(b"garbage")  # np.load alone would report "pickled data"
+    with pytest.raises(ValueError, match="not a .npy file"):
+        load_image(tmp_path / "bad.npy")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="Object arrays"):
+        load_image(tmp_path / "obj.npy")
     np.save(tmp_path / "v.npy", np.arange(5.0))
     with pytest.raises(ValueError, match="expected"):
         load_image(tmp_path / "v.npy")

@@ -7,24 +7,48 @@ The CLI composes the subpackages; each handler imports what it needs lazily so `
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 
 def _positive_float(text: str) -> float:
-    v = float(text)
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
     if not np.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return v
 
 
 def _width(text: str):
     if text in ("common", "individual"):
         return text
-    return _positive_float(text)
+    try:
+        return _positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be common, individual or a positive width [Å], got {text!r}") from None
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _gmm_notes(res) -> list[str]:
+    """What a user must know before trusting GMM counts: the absolute scale is assumed, one component counts
+    nothing."""
+    notes = [f"the lowest component is taken as {_plural(res.first_count, 'atom')} (--first-count): a GMM finds "
+             "thickness steps, not absolute counts; anchor it with --first-count or count with --library"]
+    if res.n_components == 1 and len(res.icl) > 1:
+        notes.append("ICL selected a single component: the SCS do not resolve separate thicknesses at this noise "
+                     "level (or the sample has one thickness); every column gets the same count. A library, or a "
+                     "higher dose, is needed to count these columns")
+    return notes
 
 
 def _out_path(path: str | None, default: Path) -> Path:
@@ -53,20 +77,41 @@ def _cmd_fit(args) -> int:
     else:
         positions = find_columns(image if image.ndim == 2 else image.mean(0), pixel_size,
                                  min_distance=args.min_distance, threshold=args.threshold, method=args.method)
-        print(f"found {len(positions)} columns")
+        print(f"found {_plural(len(positions), 'column')}")
+        if len(positions) == 0:
+            raise ValueError(f"no columns found (--method {args.method}, --threshold {args.threshold:g}, "
+                             f"--min-distance {args.min_distance:g} Å): lower --threshold, or give --positions")
     fit = fit_columns(image, positions, pixel_size, dose=args.dose, width=args.width, noise=args.noise, types=types,
                       device=args.device, workers=args.workers, progress=True if image.ndim == 3 else None)
     write_csv_atomic(fit.table, out, overwrite=args.overwrite)
     _write_fit_metadata(meta, args, fit, pixel_size_source="--pixel-size" if args.pixel_size else "file")
     conv = fit.table["converged"].mean()
-    print(f"fitted {len(fit.table)} columns ({100 * conv:.1f}% converged) -> {out} (settings and units: {meta})")
+    print(f"fitted {_plural(len(fit.table), 'column')} ({100 * conv:.1f}% converged) -> {out} "
+          f"(settings and units: {meta})")
+    if fit.noise == "gaussian" and args.dose is None:
+        print("note: least squares (no --dose): the *_crlb columns are bounds for Gaussian noise of one variance, "
+              "estimated from the residuals; with shot noise (brighter pixels noisier) they understate the SCS "
+              "scatter — give --dose for a normalised image, or --noise poisson for a counts image", file=sys.stderr)
+    if conv < 0.5:
+        spacing = np.median(_nearest_distances(positions)) if len(positions) > 1 else math.nan
+        print(f"warning: only {100 * conv:.0f}% of the columns converged. Check --pixel-size ({pixel_size:g} Å: "
+              f"columns a median {spacing / pixel_size:.1f} px apart), --dose and the starting positions",
+              file=sys.stderr)
     if args.plot:
         from stemquant.quant import plot_fit, save_figure
 
-        fig = plot_fit(image if image.ndim == 2 else image[0], fit.table[fit.table["frame"] == 0], pixel_size)
+        fig = plot_fit(image if image.ndim == 2 else image[0], fit.table[fit.table["frame"] == 0], pixel_size,
+                       unit="Å²" if fit.dose is not None else "image units × Å²",
+                       title=None if image.ndim == 2 else f"frame 0 of {len(image)}")
         save_figure(fig, args.plot, overwrite=args.overwrite)
         print(f"plot -> {args.plot}")
     return 0
+
+
+def _nearest_distances(xy) -> np.ndarray:
+    from scipy.spatial import cKDTree
+
+    return cKDTree(xy).query(xy, k=2)[0][:, 1]
 
 
 def _write_fit_metadata(path: Path, args, fit, *, pixel_size_source: str) -> None:
@@ -119,6 +164,8 @@ def _cmd_count(args) -> int:
         args.method = "library" if args.library else "gmm"
     elif args.method == "gmm" and args.library:
         raise ValueError("--library is for --method library; the GMM does not use it (drop one of them)")
+    if args.method == "library" and args.dose is not None:
+        raise ValueError("--dose sets the GMM's dose-dependent variance; library counting does not use it")
     if args.method == "library" and not args.library:
         raise ValueError("--method library needs --library (a bundled name such as pt001_particle, or a CSV with "
                          "columns n_atoms, scs)")
@@ -137,13 +184,18 @@ def _cmd_count(args) -> int:
             print(f"leaving out {int(bad.sum())} columns whose fit did not converge{empty} "
                   "(--include-unconverged keeps them)")
             table = table[~bad].reset_index(drop=True)
+            if table.empty:
+                raise ValueError(f"no column of {args.csv} converged: nothing to count (--include-unconverged "
+                                 "counts them anyway; their SCS are not estimates)")
     scs = table["scs"].to_numpy(dtype=float)
     if args.method == "gmm":
         res = count_gmm(scs, max_components=args.max_components, n_components=args.n_components, dose=args.dose,
                         first_count=args.first_count)
         table["count"] = res.counts
-        print(f"GMM: {res.n_components} components selected by ICL (orders 1..{len(res.icl)}); "
-              f"means {np.array2string(res.means, precision=4)}")
+        how = "given (--n-components)" if args.n_components else f"selected by ICL (orders 1..{len(res.icl)})"
+        print(f"GMM: {_plural(res.n_components, 'component')} {how}; means {np.array2string(res.means, precision=4)}")
+        for note in _gmm_notes(res):
+            print(f"note: {note}", file=sys.stderr)
     else:
         if Path(args.library).exists():
             lib = load_library_csv(args.library)
@@ -159,14 +211,26 @@ def _cmd_count(args) -> int:
         res = None
         print(f"library: counts from {len(lib)} library entries")
     write_csv_atomic(table, out, overwrite=args.overwrite)
-    print(f"counts of {len(table)} columns, {int(table['count'].sum())} atoms in total -> {out}")
+    print(f"counts of {_plural(len(table), 'column')}, {_plural(int(table['count'].sum()), 'atom')} in total -> {out}")
     if args.plot:
         from stemquant.quant import plot_counting, plot_library_counting, save_figure
 
-        fig = plot_counting(res, scs) if res is not None else plot_library_counting(scs, lib)
+        unit = _scs_unit(args.csv) if res is not None or Path(args.library).exists() else "Å²"  # bundled: Å²
+        fig = (plot_counting(res, scs, scs_unit=unit) if res is not None
+               else plot_library_counting(scs, lib, scs_unit=unit))
         save_figure(fig, args.plot, overwrite=args.overwrite)
         print(f"plot -> {args.plot}")
     return 0
+
+
+def _scs_unit(csv) -> str | None:
+    """The SCS unit recorded next to a fit CSV by `stemquant fit` (None without its JSON)."""
+    import json
+
+    try:
+        return json.loads(Path(str(csv) + ".json").read_text(encoding="utf-8"))["units"]["scs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------- demo
@@ -219,25 +283,33 @@ def run_demo(out_dir="stemquant_demo", *, dose: float = 5e4, rng=0, pixel_size: 
     table = fit.table.drop(columns=["frame"])
     lib_scs = library.counting_table(int(truth["n_atoms"].max()) + 5)  # SCS of 1, 2, ... atoms
     table["count_library"] = count_library(fit.scs, lib_scs)
-    # GMM + ICL as StatSTEM; the lowest component is anchored to the library count nearest to its mean
-    gmm = count_gmm(fit.scs, max_components=16)
+    # GMM + ICL as StatSTEM, on the converged columns: the empty sites (spurious starts the fit removed, SCS 0)
+    # would form a spike at 0 taken for the lowest thickness. The lowest component is anchored to the library count
+    # nearest to its mean; the other columns get no GMM count (-1), as with `stemquant count`.
+    kept = fit.converged
+    gmm = count_gmm(fit.scs[kept], max_components=16)
     first = int(np.argmin(np.abs(lib_scs - gmm.means[0]))) + 1  # nearest library entry, >= 1 atom
-    gmm = count_gmm(fit.scs, max_components=16, first_count=first)
-    table["count_gmm"] = gmm.counts
+    gmm = count_gmm(fit.scs[kept], max_components=16, first_count=first)
+    table["count_gmm"] = -1
+    table.loc[kept, "count_gmm"] = gmm.counts
     true_xy = truth[["x", "y"]].to_numpy()
+    nonempty = ~fit.table["empty_site"].to_numpy(bool)  # the fit's verdict on the found columns
     fi, ti = metrics.match_columns(fit.positions, true_xy, threshold=0.5)
     table["true_count"] = -1
     table.loc[fi, "true_count"] = truth["n_atoms"].to_numpy()[ti]
-    det = detection_metrics(fit.positions, true_xy, 0.5)
-    m = table["true_count"] >= 0
+    det_found = detection_metrics(fit.positions, true_xy, 0.5)
+    det = detection_metrics(fit.positions[nonempty], true_xy, 0.5)
+    m = (table["true_count"] >= 0) & kept
     summary = {
-        "columns (true / found / fitted+converged)": f"{len(truth)} / {len(found)} / {int(fit.converged.sum())}",
-        "detection F1": round(det["f1"], 4),
+        "columns (true / found / fitted+converged)": f"{len(truth)} / {len(found)} / {int(kept.sum())}",
+        "detection F1, found columns": round(det_found["f1"], 4),
+        "detection F1, after the fit removed empty sites": round(det["f1"], 4),
         "position MAE [Å]": round(metrics.mae_positions(fit.positions[fi], true_xy[ti]), 4),
         "GMM components (ICL)": gmm.n_components,
-        "correct counts, GMM": round(metrics.fraction_correct_counts(table["count_gmm"][m], table["true_count"][m]), 3),
-        "correct counts, library": round(metrics.fraction_correct_counts(table["count_library"][m],
-                                                                          table["true_count"][m]), 3),
+        "correct counts of converged columns, GMM": round(
+            metrics.fraction_correct_counts(table["count_gmm"][m], table["true_count"][m]), 3),
+        "correct counts of converged columns, library": round(
+            metrics.fraction_correct_counts(table["count_library"][m], table["true_count"][m]), 3),
         "median SCS CRLB [Å²]": float(np.nanmedian(fit.table["scs_crlb"])),
     }
     csv = write_csv_atomic(table, out / "columns.csv", overwrite=overwrite)
@@ -245,11 +317,13 @@ def run_demo(out_dir="stemquant_demo", *, dose: float = 5e4, rng=0, pixel_size: 
 
     fig = Figure(figsize=(15, 4.8), layout="constrained")
     axes = fig.subplots(1, 3, width_ratios=[1.2, 1, 1])
-    plot_fit(noisy, table, pixel_size, color_by="count_gmm", ax=axes[0])
+    plot_fit(noisy, table, pixel_size, color_by="count_gmm", ax=axes[0], unit="atoms")
     axes[0].set_title(f"Pt particle, {dose:g} e⁻/Å², colour = atoms (GMM)")
-    plot_counting(gmm, fit.scs, ax=axes[1:])
+    plot_counting(gmm, ax=axes[1:], scs_unit="Å²")
     png = save_figure(fig, out / "demo.png", overwrite=overwrite)
     summary["outputs"] = f"{csv}, {png}"
+    if gmm.n_components == 1:
+        summary["note"] = _gmm_notes(gmm)[1]
     return summary
 
 
@@ -304,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "GMM, compare with the truth; writes a CSV and a PNG.")
     d.add_argument("--out", default="stemquant_demo", help="output folder (default: ./stemquant_demo)")
     d.add_argument("--dose", type=_positive_float, default=5e4, help="electron dose [e⁻/Å²] (default 5e4)")
-    d.add_argument("--seed", type=int, default=0, help="noise seed")
+    d.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     d.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     d.add_argument("--overwrite", action="store_true", help="replace existing output files")
     d.set_defaults(func=_cmd_demo)
@@ -321,17 +395,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--positions", help="CSV with x, y [Å] starting positions, and optionally 'type' (integer "
                    "column type: with --width common, one width per type)")
     g.add_argument("--find", action="store_true", help="find columns automatically (default)")
-    f.add_argument("--method", default="maxima", choices=["maxima", "anscombe"], help="peak finder")
-    f.add_argument("--min-distance", type=_positive_float, default=1.0, help="peak finder distance [Å]")
-    f.add_argument("--threshold", type=float, default=0.1, help="peak finder relative threshold")
-    f.add_argument("--width", type=_width, default="common", help="common, individual or a fixed width [Å]")
+    f.add_argument("--method", default="maxima", choices=["maxima", "anscombe"],
+                   help="peak finder: smoothed local maxima, or StatSTEM's Anscombe + filtering route for counts "
+                        "(default maxima)")
+    f.add_argument("--min-distance", type=_positive_float, default=1.0,
+                   help="smallest distance between found columns [Å] (default 1.0; lower it if close, faint "
+                        "columns are missed)")
+    f.add_argument("--threshold", type=float, default=0.1,
+                   help="peak finder threshold, relative to the brightest peak (default 0.1)")
+    f.add_argument("--width", type=_width, default="common",
+                   help="common (one width per type, default), individual, or a fixed width [Å]")
     f.add_argument("--noise", default="auto", choices=["auto", "gaussian", "poisson"],
                    help="fitting criterion: least squares (gaussian) or Poisson ML; auto (default) = poisson when "
                         "--dose is given (efficient at low dose), gaussian otherwise")
     f.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     f.add_argument("--workers", type=int, default=None,
                    help="CPU threads fitting the frames of a stack concurrently (default: one per core)")
-    f.add_argument("--out", help="output CSV (default: IMAGE.columns.csv)")
+    f.add_argument("--out", help="output CSV (default: the image's name with .columns.csv)")
     f.add_argument("--plot", help="PNG with the image and fitted columns")
     f.add_argument("--overwrite", action="store_true", help="replace existing output files")
     f.set_defaults(func=_cmd_fit)
@@ -344,13 +424,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--library", help="SCS library for --method library: a bundled name (pt001_bulk, "
                    "pt001_particle; SCS in Å² of normalised images) or a CSV with columns n_atoms, scs")
     c.add_argument("--max-components", type=int, default=10,
-                   help="highest GMM order (a warning says when ICL is lowest at it: raise it)")
+                   help="highest GMM order (default 10; a warning says when ICL is lowest at it: raise it)")
     c.add_argument("--n-components", type=int, help="force this GMM order instead of the ICL minimum")
-    c.add_argument("--first-count", type=int, default=1, help="atoms in the lowest GMM component")
-    c.add_argument("--dose", type=_positive_float, help="dose-dependent component variance σ² + μ/dose")
+    c.add_argument("--first-count", type=int, default=1,
+                   help="atoms in the lowest GMM component (default 1; the GMM alone cannot tell)")
+    c.add_argument("--dose", type=_positive_float,
+                   help="dose [e⁻/Å²] for the GMM's dose-dependent component variance σ² + μ/dose")
     c.add_argument("--include-unconverged", action="store_true",
                    help="also count columns whose fit did not converge (left out by default)")
-    c.add_argument("--out", help="output CSV (default: CSV.counts.csv)")
+    c.add_argument("--out", help="output CSV (default: the CSV's name with .counts.csv)")
     c.add_argument("--plot", help="PNG: SCS histogram with the mixture and the ICL curve")
     c.add_argument("--overwrite", action="store_true", help="replace existing output files")
     c.set_defaults(func=_cmd_count)
@@ -381,6 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A library warning as a user reads it on the command line: one line, no source path or code (only the
+    display changes: filters and recording, e.g. by pytest, are untouched)."""
+    return f"warning: {message}\n"
+
+
 _PASSTHROUGH = {"train": _cmd_train, "evaluate": _cmd_evaluate}
 
 
@@ -391,11 +479,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args = build_parser().parse_args(argv)
         args.argv, func = argv, args.func  # the command line, recorded with the outputs
+    shown, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
         return int(func(args) or 0)
     except (ValueError, OSError) as exc:  # bad input or an unwritable/unreadable file: a message, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -164,6 +164,10 @@ def check_outputs(*paths, overwrite: bool, inputs=()) -> None:
         if not p:
             continue
         path = Path(p)
+        for q in ins:  # first: "exists, pass --overwrite" would be the wrong advice
+            if _same_file(path, q):
+                raise ValueError(f"output {str(path)!r} is the input file {str(q)!r}: stemquant never overwrites "
+                                 "its inputs (not even with --overwrite); choose another output name")
         _check_writable(path, overwrite)
         try:  # a real probe: permission bits do not tell root about read-only or virtual file systems
             with tempfile.TemporaryFile(dir=path.parent):
@@ -171,10 +175,6 @@ def check_outputs(*paths, overwrite: bool, inputs=()) -> None:
         except OSError as exc:
             raise PermissionError(f"cannot write {str(path)!r}: no file can be created in {str(path.parent)!r} "
                                   f"({exc.strerror or exc})") from None
-        for q in ins:
-            if _same_file(path, q):
-                raise ValueError(f"output {str(path)!r} is the input file {str(q)!r}: stemquant never overwrites "
-                                 "its inputs (not even with --overwrite); choose another output name")
         for q in seen:
             if _same_file(path, q):
                 raise ValueError(f"two outputs name the same file {str(path)!r}; give them different names")
@@ -354,7 +354,7 @@ def load_image(path) -> tuple[np.ndarray, float | None]:
         )
     try:
         if ext == ".npy":
-            image, pixel_size = np.load(path, allow_pickle=False), None
+            image, pixel_size = _read_npy(path), None
         elif ext in (".tif", ".tiff"):
             image, pixel_size = _read_tiff(path)
         elif ext in (".h5", ".hdf5"):
@@ -375,6 +375,14 @@ def load_image(path) -> tuple[np.ndarray, float | None]:
     if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool) or np.iscomplexobj(image):
         raise ValueError(f"{str(path)!r} holds {image.dtype} data; expected a real-valued numeric image")
     return image, pixel_size
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    # np.load takes any file without the NumPy header for a pickle and says "pickled data": name the real problem
+    with open(path, "rb") as fh:
+        if fh.read(6) != b"\x93NUMPY":
+            raise _ReadError(f"{str(path)!r} is not a .npy file (no NumPy header): corrupt or another format")
+    return np.load(path, allow_pickle=False)
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:

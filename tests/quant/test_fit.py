@@ -984,6 +984,7 @@ def test_one_bad_frame_does_not_stop_the_others(rng):
     ("kwargs", "match"),
     [
         ({"image": np.full((20, 20), np.nan)}, "NaN"),
+        ({"image": np.where(np.eye(20, dtype=bool), np.inf, 1.0)}, "Inf"),
         ({"image": np.ones((2, 3, 4, 5))}, "shape"),
         ({"pixel_size": 0.0}, "pixel_size"),
         ({"pixel_size": -1.0}, "pixel_size"),
@@ -1003,6 +1004,13 @@ def test_bad_input_raises(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         fit_columns(args.pop("image"), args.pop("positions"), args.pop("pixel_size"), **args)
+
+
+@pytest.mark.parametrize("background", [None, True, "0.1"])
+def test_background_neither_fit_nor_a_number_raises(background):
+    # True would otherwise fix the background at 1.0 without a word
+    with pytest.raises((TypeError, ValueError), match="background"):
+        fit_columns(np.ones((20, 20)), [[2.0, 2.0]], P, background=background)
 
 
 @pytest.mark.parametrize("noisy", [False, True])

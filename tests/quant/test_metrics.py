@@ -191,7 +191,8 @@ def test_match_columns_edge_cases():
 
 def test_detection_empty_found():
     m = detection_metrics(np.zeros((0, 2)), _square(2), threshold=0.5)
-    assert m["recall"] == 0.0 and np.isnan(m["precision"]) and np.isnan(m["f1"]) and m["jaccard"] == 0.0
+    # precision is 0/0, but F1 = 2·matched/(found + true) is 0: nothing of the truth was found
+    assert m["recall"] == 0.0 and np.isnan(m["precision"]) and m["f1"] == 0.0 and m["jaccard"] == 0.0
 
 
 def test_detection_surface_bulk_split():

@@ -117,6 +117,9 @@ def test_bad_images():
     bad[3, 4] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         find_columns(bad, P)
+    bad[3, 4] = -np.inf
+    with pytest.raises(ValueError, match="Inf"):
+        find_columns(bad, P)
     with pytest.raises(ValueError, match="anscombe"):
         find_columns(np.full((20, 20), -5.0), P, method="anscombe")
 

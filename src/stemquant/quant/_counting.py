@@ -480,7 +480,11 @@ def _hist_bins(n: int) -> int:
     return max(10, min(200, int(np.sqrt(n) * 2)))
 
 
-def plot_counting(result: GMMCountResult, scs=None, ax=None):
+def _scs_label(unit: str | None) -> str:
+    return "scattering cross-section" + (f" [{unit}]" if unit else "")
+
+
+def plot_counting(result: GMMCountResult, scs=None, ax=None, *, scs_unit: str | None = None):
     """SCS histogram with the selected mixture, and the ICL curve in a second axes.
 
     Parameters
@@ -491,6 +495,8 @@ def plot_counting(result: GMMCountResult, scs=None, ax=None):
         Cross-sections to histogram (default: ``result.scs``).
     ax : sequence of two matplotlib Axes, optional
         (histogram axes, ICL axes). Default: a new ``matplotlib.figure.Figure`` (no pyplot state, Agg-safe).
+    scs_unit : str, optional
+        Unit shown on the SCS axis, e.g. ``"Å²"`` for a normalised image (the SCS carry no unit of their own).
 
     Returns
     -------
@@ -520,7 +526,7 @@ def plot_counting(result: GMMCountResult, scs=None, ax=None):
     for c, comp in enumerate(comps):
         ax_hist.plot(grid, comp, lw=0.8, label=None if c else "components")
     ax_hist.plot(grid, comps.sum(axis=0), "k", lw=1.5, label=f"mixture (k = {result.n_components})")
-    ax_hist.set_xlabel("scattering cross-section")
+    ax_hist.set_xlabel(_scs_label(scs_unit))
     ax_hist.set_ylabel("density")
     ax_hist.legend(frameon=False)
     k = np.arange(1, len(result.icl) + 1)
@@ -533,7 +539,7 @@ def plot_counting(result: GMMCountResult, scs=None, ax=None):
     return fig
 
 
-def plot_library_counting(scs, library_scs, ax=None):
+def plot_library_counting(scs, library_scs, ax=None, *, scs_unit: str | None = None):
     """SCS histogram with the library values (``library_scs[k - 1]`` = SCS of k atoms) and the count boundaries.
 
     Parameters
@@ -544,6 +550,8 @@ def plot_library_counting(scs, library_scs, ax=None):
         As in :func:`count_library`.
     ax : matplotlib Axes, optional
         Default: a new ``matplotlib.figure.Figure`` (no pyplot state, Agg-safe).
+    scs_unit : str, optional
+        Unit shown on the SCS axis (as in :func:`plot_counting`).
 
     Returns
     -------
@@ -566,7 +574,7 @@ def plot_library_counting(scs, library_scs, ax=None):
         ax.axvline(lib[k], color="C0", lw=0.8, ls="--", label=None if i else "library (atoms)")
         ax.annotate(str(k + 1), (lib[k], 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom",
                     fontsize=7, color="C0")
-    ax.set_xlabel("scattering cross-section")
+    ax.set_xlabel(_scs_label(scs_unit))
     ax.set_ylabel("columns")
     ax.legend(frameon=False, loc="upper left")
     return fig

@@ -70,7 +70,9 @@ def column_crlb(
     noise : {"poisson", "gaussian"}
         Noise model. ``"gaussian"`` needs ``noise_sigma`` [image units].
     width : {"individual", "common", "fixed"}
-        Which widths are free parameters (see module notes).
+        Which widths are free parameters (see module notes). The default, one free width per column, gives the
+        largest bounds; ``fit_columns`` defaults to ``"common"`` (one width per type): pass ``width="common"``
+        (and its ``types``) to reproduce the bounds in its table.
     background_free : bool
         Whether ζ is a free parameter.
     types : array of int, shape (N,), optional

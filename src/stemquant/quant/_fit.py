@@ -233,7 +233,12 @@ def fit_columns(
         if background != "fit":
             raise ValueError(f"background must be 'fit' or a float [intensity], got {background!r}")
     else:
-        fixed_bg = float(background)
+        try:
+            if isinstance(background, bool):  # True would fix the background at 1.0
+                raise TypeError
+            fixed_bg = float(background)
+        except TypeError:
+            raise TypeError(f"background must be 'fit' or a float [intensity], got {background!r}") from None
         if not math.isfinite(fixed_bg):
             raise ValueError(f"background must be finite, got {background}")
     types_arr = _check_types(types, N)

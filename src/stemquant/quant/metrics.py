@@ -292,8 +292,9 @@ def detection_metrics(
     Returns
     -------
     metrics : dict
-        ``precision``, ``recall``, ``f1``, ``jaccard`` (floats; NaN where a ratio is 0/0, F1 = 0 when
-        P + R = 0) and the integers ``n_found``, ``n_true``, ``n_matched`` of the subset.
+        ``precision``, ``recall``, ``f1``, ``jaccard`` (floats; NaN where a ratio is 0/0; F1 =
+        2·matched/(found + true) = 2PR/(P + R), so 0, not NaN, when nothing is found) and the integers
+        ``n_found``, ``n_true``, ``n_matched`` of the subset.
 
     Examples
     --------
@@ -318,11 +319,11 @@ def detection_metrics(
     n_true = int(mask.sum())
     p = _ratio(n_matched, n_found)
     r = _ratio(n_matched, n_true)
-    f1 = float("nan") if np.isnan(p) or np.isnan(r) else (0.0 if p + r == 0 else 2 * p * r / (p + r))
     return {
         "precision": p,
         "recall": r,
-        "f1": f1,
+        # 2PR/(P+R) written as 2·matched/(found + true): defined (0) when nothing is found, where P is 0/0
+        "f1": _ratio(2 * n_matched, n_found + n_true),
         "jaccard": _ratio(n_matched, n_found + n_true - n_matched),
         "n_found": n_found,
         "n_true": n_true,
