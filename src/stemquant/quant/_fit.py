@@ -776,6 +776,16 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     quad_share = torch.full((B,), math.inf, dtype=dt, device=dev)
     last_share = torch.full((B,), math.inf, dtype=dt, device=dev)  # share of the last accepted step (stopping units)
     for it in range(max_iter):
+        if not bool(torch.isfinite(obj).all()):
+            st, prof, f, obj, infeasible = _restore_feasibility(prob, st, obj, empty, done)
+            failed |= infeasible
+            done |= infeasible
+            reset = ~torch.isfinite(obj) | infeasible
+            blocks, newton = None, newton & ~reset
+            last_share = torch.where(reset, math.inf, last_share)
+            quad_share = torch.where(reset, math.inf, quad_share)
+            if bool(done.all()):
+                break
         # The preconditioner blocks settle after the first step (re-centred windows only change their truncated
         # tails): reuse them, and refresh when the last solve needed more CG iterations than usual or every 5th
         # iteration. Stale blocks change the path, not the fixed point.
@@ -871,7 +881,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
             gain = (obj - tobj) / torch.clamp(pred, min=1e-300)
             if bool(better.any()):
                 tprof, tf = prob.model(trial)
-        ok = (tobj <= obj) & ~done
+        ok = (tobj <= obj) & torch.isfinite(tobj) & ~done  # (an infeasible trial is never "no worse")
         # A slide: an accepted step that decreased the criterion by more than 1.5x the quadratic model's prediction
         # (the criterion is nearly linear along it: Gauss–Newton's curvature overstates the true one) while its
         # share grew from the last accepted step's is far from the optimum along a flat direction, where the steps
@@ -1027,6 +1037,25 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         "runaway": runaways,
         "width_fixed": fixed_w,
     }
+
+
+def _restore_feasibility(prob, st, obj, empty, done):
+    """Frames whose Poisson criterion is not finite (B,): a reset made their model negative somewhere. Negative
+    heights go to a small positive floor and the frame is re-rendered; returns the state, its model and criterion,
+    and the frames still infeasible (to be stopped, not converged).
+
+    A column with a negative height may be compensated by an overlapping neighbour; when that neighbour is reset
+    (a runaway width fixed at its start, an empty site removed, windows shrunk back) the model goes negative, the
+    Poisson criterion is infinite, and every trial looked "no worse": a strongly overlapping lattice (1.2 Å
+    spacing, individual widths, 10⁴ e⁻/Å²) accepted a NaN step and the fit crashed in the window sizing.
+    """
+    bad = ~torch.isfinite(obj) & ~done
+    eta = st.col[..., M.ETA]
+    floor = 1e-3 * eta.amax(dim=1, keepdim=True).clamp(min=1e-12)  # as for the start heights
+    st.col[..., M.ETA] = torch.where(bad[:, None] & ~empty & (eta < floor), floor, eta)
+    prof, f = prob.model(st)
+    obj = torch.where(bad, prob.objective(f), obj)
+    return st, prof, f, obj, bad & ~torch.isfinite(obj)
 
 
 def _free_flags(col_free, glob_free, empty, fixed_w, runaways, type_onehot):
