@@ -444,20 +444,37 @@ def test_an_infeasible_poisson_state_is_repaired_and_no_nan_step_accepted(monkey
     np.testing.assert_allclose(fit.positions[ok], pos[ok], atol=0.05)
 
 
+def _dense_lattice_frame(seed, n=12, p=0.15, dose=1e4):
+    """n x n columns 1.2 Å apart (ρ 0.45 Å: strongly overlapping), heights 0.05 ± 10 %, background 0.005, Poisson
+    at ``dose``; starts = truth + N(0, 0.05 Å). Returns the frame, the starts, the truth and the pixel size."""
+    rng = np.random.default_rng(seed)
+    g = 2.0 + 1.2 * np.arange(n)
+    X, Y = np.meshgrid(g, g)
+    pos = np.c_[X.ravel(), Y.ravel()]
+    size = int(round((4 + 1.2 * (n - 1)) / p))
+    img = gaussian_image(pos, 0.45, 0.05 * rng.uniform(0.9, 1.1, len(pos)), 0.005, (size, size), p=p)
+    c = dose * p * p
+    return rng.poisson(img * c) / c, pos + rng.normal(0, 0.05, pos.shape), pos, p
+
+
+@pytest.mark.parametrize("seed", [19, 22])
+def test_overlapping_columns_trading_intensity_are_not_removed(seed):
+    # 144 strongly overlapping columns, individual widths, Poisson at 10⁴ e⁻/Å²: neighbours trade intensity on the
+    # way, and a real column may look faint for a few iterations. Only in a type with fewer than half its columns
+    # significant is a spike's height taken as its volume at the type width (_empty_sites, ``visible``); taken in
+    # every type, a real column of these frames was removed (143 of 144 converged; 5 of 22 seeds, ad hoc search).
+    frame, start, pos, p = _dense_lattice_frame(seed)
+    fit = fit_columns(frame, start, p, dose=1e4, noise="poisson", width="individual", crlb=False)
+    assert fit.converged.all() and not fit.table["empty_site"].any()
+
+
 @pytest.mark.slow
 def test_a_nan_step_is_never_accepted_on_a_dense_lattice():
     # The real case (19 s): 12x12 columns 1.2 Å apart, ρ 0.45 Å, individual widths, Poisson at 10⁴ e⁻/Å². A runaway
     # reset left a negative-height neighbour uncompensated, the criterion became ∞, a NaN step was accepted and the
     # fit crashed (ValueError: cannot convert float NaN to integer). It converges now (measured 138 of 144, in 74
     # iterations; 4 runaways, flagged).
-    p, n = 0.15, 12
-    rng = np.random.default_rng(18)
-    g = 2.0 + 1.2 * np.arange(n)
-    pos = np.c_[np.meshgrid(g, g)[0].ravel(), np.meshgrid(g, g)[1].ravel()]
-    size = int(round((4 + 1.2 * (n - 1)) / p))
-    img = gaussian_image(pos, 0.45, 0.05 * rng.uniform(0.9, 1.1, len(pos)), 0.005, (size, size), p=p)
-    c = 1e4 * p * p
-    frame, start = rng.poisson(img * c) / c, pos + rng.normal(0, 0.05, pos.shape)
+    frame, start, _, p = _dense_lattice_frame(18)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         fit = fit_columns(frame, start, p, dose=1e4, noise="poisson", width="individual", crlb=False)
