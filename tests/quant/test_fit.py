@@ -444,6 +444,23 @@ def test_an_infeasible_poisson_state_is_repaired_and_no_nan_step_accepted(monkey
     np.testing.assert_allclose(fit.positions[ok], pos[ok], atol=0.05)
 
 
+@pytest.mark.parametrize("width", ["common", "individual"])
+def test_windows_never_outgrow_the_image(width):
+    # A column a third as wide as the image (ρ = 2 Å on 6 Å): windows of 4 widths, and the padding for 3x
+    # growth, would reach 40 and 122 px round a 30 px image; past max(H, W) they only add padding (widths run away on
+    # overlapping columns with a start width 2.5x too wide: 160 px windows on an 85 px image, 200-600 s). Capped
+    # there, the fit is the same: converged on the truth (5 bounds; false failure ~1e-6).
+    p, dose = 0.2, 1e4
+    img = gaussian_image([[3.0, 3.0]], 2.0, 0.05, 0.005, (30, 30), p=p)
+    noisy = np.random.default_rng(0).poisson(img * dose * p * p) / (dose * p * p)
+    fit = fit_columns(noisy, [[3.1, 2.9]], p, dose=dose, noise="poisson", width=width, width_init=2.0)
+    assert fit.info["window_half_size_px"] <= 30 + 2
+    assert fit.converged.all()
+    t = fit.table.iloc[0]
+    assert abs(t["x"] - 3.0) < 5 * t["x_crlb"] and abs(t["y"] - 3.0) < 5 * t["y_crlb"]
+    assert abs(t["scs"] - 2 * np.pi * 0.05 * 2.0**2) < 5 * t["scs_crlb"]
+
+
 def _dense_lattice_frame(seed, n=12, p=0.15, dose=1e4):
     """n x n columns 1.2 Å apart (ρ 0.45 Å: strongly overlapping), heights 0.05 ± 10 %, background 0.005, Poisson
     at ``dose``; starts = truth + N(0, 0.05 Å). Returns the frame, the starts, the truth and the pixel size."""
