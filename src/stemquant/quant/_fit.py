@@ -72,8 +72,9 @@ class FitResult:
     background : ndarray, shape ([B])
     converged : ndarray of bool, shape ([B,] N)
         The frame's optimiser converged, the column's centre lies inside the image (a column fitted outside
-        it describes a tail of noise, not a column) and no other column's centre lies closer than the larger of
-        their widths (two Gaussians sharing one column split its SCS), and it is not an empty site — a start with
+        it describes a tail of noise, not a column), no other column's centre lies closer than the larger of
+        their widths (two Gaussians sharing one column split its SCS), it ended less than half-way to the
+        nearest other start (else another start took its site over), and it is not an empty site — a start with
         no significant column under it (a vacancy or spurious start), removed from the model: height and SCS 0,
         position and width at the start, NaN bounds (``table["empty_site"]``; docs/fitting.md) — nor a runaway
         width: an individual width that grew past 3x its start while drifting off (a start on a broad feature the
@@ -221,7 +222,8 @@ def fit_columns(
     pos3 = np.broadcast_to(pos if pos.ndim == 3 else pos[None], (B, *pos.shape[-2:]))
     N = pos3.shape[1]
     c0 = pos3 / p - 0.5  # (B, N, 2) pixel-centre coordinates
-    spacing = _start_spacing(c0, shared=pos3.strides[0] == 0, pixel_size=p)  # refuses starts < 1 px apart
+    nearest = _nearest_start(c0, shared=pos3.strides[0] == 0, pixel_size=p)  # refuses starts < 1 px apart
+    spacing = _start_spacing(nearest)
     fixed_width = None
     if isinstance(width, str):
         if width not in _WIDTH_MODES:
@@ -323,12 +325,20 @@ def fit_columns(
         outs = list(_progress(pool.map(fit, batches), show, len(batches)))
         st = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
         return _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types_arr, crlb, stack,
-                         pool, crlb_threads, max_iter, truncation)
+                         pool, crlb_threads, max_iter, truncation, pos3, nearest * p)
 
 
-def _start_spacing(c0: np.ndarray, shared: bool, pixel_size: float | None = None) -> np.ndarray:
-    """Median nearest-neighbour distance of the start positions ``c0`` (B, N, 2) [px] per frame, shape (B,) (16 px
-    for a single column), from one k-d tree per frame (one for a stack that shares its starts).
+def _start_spacing(nearest: np.ndarray) -> np.ndarray:
+    """Median nearest-neighbour distance of the starts per frame, shape (B,), from :func:`_nearest_start` (B, N)
+    [px]; 16 px for a single column."""
+    if nearest.shape[1] < 2:
+        return np.full(nearest.shape[0], 16.0)
+    return np.median(nearest, axis=1)
+
+
+def _nearest_start(c0: np.ndarray, shared: bool, pixel_size: float | None = None) -> np.ndarray:
+    """Distance [px] from each start position ``c0`` (B, N, 2) to the nearest other one, shape (B, N) (inf for a
+    single column), from one k-d tree per frame (one for a stack that shares its starts).
 
     With ``pixel_size`` [Å] it also refuses starts less than one pixel apart: two Gaussians on one column split its
     SCS between them (and the fit cannot tell them apart), so every count downstream would be wrong.
@@ -336,7 +346,7 @@ def _start_spacing(c0: np.ndarray, shared: bool, pixel_size: float | None = None
     from scipy.spatial import cKDTree
 
     B, N = c0.shape[:2]
-    out = np.full(B, 16.0)
+    out = np.full((B, N), np.inf)
     if N < 2:
         return out
     for b in range(1 if shared else B):
@@ -351,7 +361,7 @@ def _start_spacing(c0: np.ndarray, shared: bool, pixel_size: float | None = None
                 f"e.g. columns {i} and {j} ({float(np.hypot(*(c0[b, i] - c0[b, j]))) * pixel_size:.3g} Å): "
                 "duplicate rows? Remove one of each pair (remove_columns)"
             )
-        out[b] = np.median(d)
+        out[b] = d
     if shared:
         out[:] = out[0]
     return out
@@ -529,7 +539,7 @@ def _estimate_width(data: np.ndarray, c0: np.ndarray, types: np.ndarray, spacing
 
     B, H, W = data.shape
     if spacing is None:
-        spacing = _start_spacing(c0, shared=False)
+        spacing = _start_spacing(_nearest_start(c0, shared=False))
     n_types = int(types.max()) + 1
     out = np.empty((B, n_types))
     # Medians over all columns, so that the start does not depend on the order of the positions (a subsample of
@@ -1620,7 +1630,7 @@ def _preconditioner(cb, C, Gm0, lam, fc, fg, lo, dsrc=None):
 
 
 def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, types, crlb, stack, pool,
-              crlb_threads, max_iter, truncation) -> FitResult:
+              crlb_threads, max_iter, truncation, start, nearest) -> FitResult:
     col = st["col"].cpu().numpy()
     B, N, _ = col.shape
     x = (col[..., M.CX] + 0.5) * p
@@ -1639,6 +1649,12 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
     conv = conv & ~outside
     collapsed = _collapsed(np.where(empty, np.nan, x), y, rho)  # empty sites are not in the model
     conv = conv & ~collapsed
+    # a column that ended more than half-way to the nearest other start (``start`` (B, N, 2), ``nearest`` (B, N)
+    # [Å]) has left its site: another start took it over (a spurious start 0.25 Å from a column; a vacancy start
+    # sliding onto its neighbour's site pushed that column 1.6 Å off, reported with x_crlb 0.04 Å — fuzzing,
+    # helper-46). Its parameters describe no column its start names.
+    strayed = ~empty & (np.hypot(x - start[..., 0], y - start[..., 1]) > 0.5 * nearest)
+    conv = conv & ~strayed
     width_mode = "fixed" if fixed_width is not None else width
     if crlb:
         stats = "poisson" if (dose is not None or noise == "poisson") else "gaussian"
@@ -1708,6 +1724,9 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
         if collapsed.any():
             moved += (f", {int(collapsed.sum())} of them collapsed onto a neighbour (centres closer than their "
                       "width: two start positions for one column?)")
+        if (strayed & ~collapsed).any():
+            moved += (f", {int((strayed & ~collapsed).sum())} of them strayed more than half-way to the nearest "
+                      "other start (another start took over their column?)")
         warnings.warn(f"{int((~conv).sum())} of {conv.size} columns did not converge{moved} (fit.table['converged'] "
                       f"is False for them; their parameters are not estimates).{hint}", UserWarning, stacklevel=3)
     faded = width_fixed & ~runaway
