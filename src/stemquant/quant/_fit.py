@@ -790,11 +790,11 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     quad_share = torch.full((B,), math.inf, dtype=dt, device=dev)
     last_share = torch.full((B,), math.inf, dtype=dt, device=dev)  # share of the last accepted step (stopping units)
     for it in range(max_iter):
-        if not bool(torch.isfinite(obj).all()):
+        reset = ~torch.isfinite(obj) & ~done  # (a frame stopped as infeasible keeps its ∞)
+        if bool(reset.any()):
             st, prof, f, obj, infeasible = _restore_feasibility(prob, st, obj, empty, done)
             failed |= infeasible
             done |= infeasible
-            reset = ~torch.isfinite(obj) | infeasible
             blocks, newton = None, newton & ~reset
             last_share = torch.where(reset, math.inf, last_share)
             quad_share = torch.where(reset, math.inf, quad_share)
