@@ -489,6 +489,30 @@ def test_a_column_that_strayed_half_way_to_a_neighbouring_start_is_not_converged
         assert any("strayed more than half-way" in str(w.message) for w in caught) == strays
 
 
+@pytest.mark.xfail(strict=True, reason="known limit: the constant background (eq. 2.19) cannot take up a hump; a "
+                   "faint type's shared width absorbs it, unflagged; docs/fitting.md: 'What the model cannot describe'")
+def test_a_hump_under_a_faint_type_is_not_absorbed_by_its_shared_width():
+    # 4x4 heavy columns, a 3x3 light type at 10 % height between them, over a broad hump of the light type's height
+    # (σ 2.5 Å), Poisson at 10⁴ e⁻/Å², common widths per type. Measured: the light type's width 0.45 → 0.82 Å and
+    # its SCS 3.5x the truth, all columns "converged". When a background model or a misfit test handles this, the
+    # light SCS come within 5 bounds of the truth (or the columns are flagged) and this test passes: drop the mark.
+    p = 0.2
+    g = 2.0 + 3.0 * np.arange(4)
+    X, Y = np.meshgrid(g, g)
+    pos = np.r_[np.c_[X.ravel(), Y.ravel()], [[x + 1.5, y + 1.5] for x in g[:3] for y in g[:3]]]
+    t = np.r_[np.zeros(16, int), np.ones(9, int)]
+    size = int(round(13.0 / p))
+    yy, xx = (np.mgrid[0:size, 0:size] + 0.5) * p
+    img = gaussian_image(pos, 0.45, np.where(t == 0, 0.05, 0.005), 0.005, (size, size), p=p)
+    img = img + 0.005 * np.exp(-((xx - 6.5) ** 2 + (yy - 6.5) ** 2) / (2 * 2.5**2))
+    c = 1e4 * p * p
+    noisy = np.random.default_rng(0).poisson(img * c) / c
+    fit = fit_columns(noisy, pos, p, dose=1e4, noise="poisson", types=t)
+    light = fit.table[t == 1]
+    ok = light["converged"].to_numpy()
+    assert (np.abs(light["scs"][ok] - 2 * np.pi * 0.005 * 0.45**2) < 5 * light["scs_crlb"][ok]).all()
+
+
 def _dense_lattice_frame(seed, n=12, p=0.15, dose=1e4):
     """n x n columns 1.2 Å apart (ρ 0.45 Å: strongly overlapping), heights 0.05 ± 10 %, background 0.005, Poisson
     at ``dose``; starts = truth + N(0, 0.05 Å). Returns the frame, the starts, the truth and the pixel size."""
