@@ -39,12 +39,13 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _gmm_notes(res) -> list[str]:
-    """What a user must know before trusting GMM counts: the absolute scale is assumed, one component counts
-    nothing."""
-    notes = [f"the lowest component is taken as {_plural(res.first_count, 'atom')} (--first-count): a GMM finds "
-             "thickness steps, not absolute counts; anchor it with --first-count or count with --library"]
-    if res.n_components == 1 and len(res.icl) > 1:
+def _gmm_notes(res, *, forced: bool = False, anchored: bool = False) -> list[str]:
+    """What a user must know before trusting GMM counts: the absolute scale is assumed (unless ``anchored`` by
+    the user), one component selected by ICL (not ``forced``) counts nothing."""
+    notes = [] if anchored else [
+        f"the lowest component is taken as {_plural(res.first_count, 'atom')} (--first-count): a GMM finds "
+        "thickness steps, not absolute counts; anchor it with --first-count or count with --library"]
+    if res.n_components == 1 and len(res.icl) > 1 and not forced:
         notes.append("ICL selected a single component: the SCS do not resolve separate thicknesses at this noise "
                      "level (or the sample has one thickness); every column gets the same count. A library, or a "
                      "higher dose, is needed to count these columns")
@@ -93,10 +94,10 @@ def _cmd_fit(args) -> int:
               "estimated from the residuals; with shot noise (brighter pixels noisier) they understate the SCS "
               "scatter — give --dose for a normalised image, or --noise poisson for a counts image", file=sys.stderr)
     if conv < 0.5:
-        spacing = np.median(_nearest_distances(positions)) if len(positions) > 1 else math.nan
-        print(f"warning: only {100 * conv:.0f}% of the columns converged. Check --pixel-size ({pixel_size:g} Å: "
-              f"columns a median {spacing / pixel_size:.1f} px apart), --dose and the starting positions",
-              file=sys.stderr)
+        apart = (f": columns a median {np.median(_nearest_distances(positions)) / pixel_size:.1f} px apart"
+                 if len(positions) > 1 else "")
+        print(f"warning: only {100 * conv:.0f}% of the columns converged. Check --pixel-size ({pixel_size:g} Å"
+              f"{apart}), --dose and the starting positions", file=sys.stderr)
     if args.plot:
         from stemquant.quant import plot_fit, save_figure
 
@@ -190,11 +191,11 @@ def _cmd_count(args) -> int:
     scs = table["scs"].to_numpy(dtype=float)
     if args.method == "gmm":
         res = count_gmm(scs, max_components=args.max_components, n_components=args.n_components, dose=args.dose,
-                        first_count=args.first_count)
+                        first_count=1 if args.first_count is None else args.first_count)
         table["count"] = res.counts
         how = "given (--n-components)" if args.n_components else f"selected by ICL (orders 1..{len(res.icl)})"
         print(f"GMM: {_plural(res.n_components, 'component')} {how}; means {np.array2string(res.means, precision=4)}")
-        for note in _gmm_notes(res):
+        for note in _gmm_notes(res, forced=args.n_components is not None, anchored=args.first_count is not None):
             print(f"note: {note}", file=sys.stderr)
     else:
         if Path(args.library).exists():
@@ -227,9 +228,9 @@ def _scs_unit(csv) -> str | None:
     """The SCS unit recorded next to a fit CSV by `stemquant fit` (None without its JSON)."""
     import json
 
-    try:
-        return json.loads(Path(str(csv) + ".json").read_text(encoding="utf-8"))["units"]["scs"]
-    except (OSError, ValueError, KeyError, TypeError):
+    try:  # "Å² (fraction of the beam × Å²)" -> "Å²"
+        return json.loads(Path(str(csv) + ".json").read_text(encoding="utf-8"))["units"]["scs"].split(" (")[0]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -323,7 +324,7 @@ def run_demo(out_dir="stemquant_demo", *, dose: float = 5e4, rng=0, pixel_size: 
     png = save_figure(fig, out / "demo.png", overwrite=overwrite)
     summary["outputs"] = f"{csv}, {png}"
     if gmm.n_components == 1:
-        summary["note"] = _gmm_notes(gmm)[1]
+        summary["note"] = _gmm_notes(gmm, anchored=True)[0]  # anchored by the library
     return summary
 
 
@@ -426,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-components", type=int, default=10,
                    help="highest GMM order (default 10; a warning says when ICL is lowest at it: raise it)")
     c.add_argument("--n-components", type=int, help="force this GMM order instead of the ICL minimum")
-    c.add_argument("--first-count", type=int, default=1,
+    c.add_argument("--first-count", type=int, default=None,
                    help="atoms in the lowest GMM component (default 1; the GMM alone cannot tell)")
     c.add_argument("--dose", type=_positive_float,
                    help="dose [e⁻/Å²] for the GMM's dose-dependent component variance σ² + μ/dose")

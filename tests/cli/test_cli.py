@@ -93,6 +93,10 @@ def test_cli_says_what_the_numbers_assume(tmp_path, rng, capsys):
     assert main(["count", str(out), "--out", str(tmp_path / "c.csv")]) == 0
     err = capsys.readouterr().err  # 16 equal columns: one component, of 1 atom by assumption
     assert "--first-count" in err and "single component" in err
+    assert main(["count", str(out), "--n-components", "1", "--first-count", "3",
+                 "--out", str(tmp_path / "c3.csv")]) == 0
+    err = capsys.readouterr().err  # the user chose both: nothing assumed
+    assert "--first-count" not in err and "single component" not in err
     assert main(["fit", str(img), "--pixel-size", "2.0", "--find", "--out", str(tmp_path / "b.csv")]) == 0
     assert "Check --pixel-size" in capsys.readouterr().err
     t = pd.read_csv(tmp_path / "b.csv")

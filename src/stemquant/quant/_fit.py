@@ -73,8 +73,9 @@ class FitResult:
     converged : ndarray of bool, shape ([B,] N)
         The frame's optimiser converged, the column's centre lies inside the image (a column fitted outside
         it describes a tail of noise, not a column), no other column's centre lies closer than the larger of
-        their widths (two Gaussians sharing one column split its SCS), it ended less than half-way to the
-        nearest other start (else another start took its site over), and it is not an empty site — a start with
+        their widths (two Gaussians sharing one column split its SCS), no other start took its site over (it
+        ended more than half-way to the nearest other start while another column ended closer to its start), and
+        it is not an empty site — a start with
         no significant column under it (a vacancy or spurious start), removed from the model: height and SCS 0,
         position and width at the start, NaN bounds (``table["empty_site"]``; docs/fitting.md) — nor a runaway
         width: an individual width that grew past 3x its start while drifting off (a start on a broad feature the
@@ -771,7 +772,8 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     n_iter = torch.zeros(B, dtype=torch.long, device=dev)
     blocks = None
-    failed = torch.zeros(B, dtype=torch.bool, device=dev)
+    failed = torch.zeros(B, dtype=torch.bool, device=dev)  # frames stopped: widths ran away, or infeasible
+    infeasible_frames = torch.zeros(B, dtype=torch.bool, device=dev)
     n_cg = 0
     cg_cap = _CG_ITER
     # per frame: take Newton steps now / only once the step's share (stopping units) is at most this (after a
@@ -794,6 +796,7 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         if bool(reset.any()):
             st, prof, f, obj, infeasible = _restore_feasibility(prob, st, obj, empty, done)
             failed |= infeasible
+            infeasible_frames |= infeasible
             done |= infeasible
             blocks, newton = None, newton & ~reset
             last_share = torch.where(reset, math.inf, last_share)
@@ -1046,7 +1049,8 @@ def _fit_batch(data, c0, rho0, types, *, noise, width_mode, fixed_bg, max_iter, 
         "obj": obj,
         "sigma2": sigma2,
         "h": torch.full((B,), prob.geom.h, device=dev),
-        "too_wide": failed,
+        "too_wide": failed & ~infeasible_frames,
+        "infeasible": infeasible_frames,
         "empty": empty,
         "runaway": runaways,
         "width_fixed": fixed_w,
@@ -1239,6 +1243,30 @@ def _reset_empty(col, new, c0, rho0c):
     sites)."""
     start = torch.cat((c0, torch.zeros_like(c0[..., :1]), rho0c[..., None]), -1)
     return torch.where(new[..., None], start, col)
+
+
+def _strayed(x, y, start, nearest, empty):
+    """Columns (B, N) whose site another column took over: ended more than half-way to the nearest other start
+    (``start`` (B, N, 2), ``nearest`` (B, N) [Å]) while another non-empty column ended closer to its start than it.
+
+    A spurious start 0.25 Å from a column took it over; a vacancy start sliding onto its neighbour's site pushed
+    that column 1.6 Å off, reported converged with x_crlb 0.04 Å (fuzzing, helper-46): their parameters describe
+    no column their start names. The column that took the site is kept (a duplicate start that correctly ended on
+    the column was flagged too when the distance alone counted — review helper-47); so is a faint column that
+    wandered without another taking its site.
+    """
+    from scipy.spatial import cKDTree
+
+    moved = np.hypot(x - start[..., 0], y - start[..., 1])
+    out = ~empty & (moved > 0.5 * nearest)
+    for b in np.flatnonzero(out.any(1)):
+        kept = np.flatnonzero(~empty[b])
+        tree = cKDTree(np.c_[x[b, kept], y[b, kept]])
+        for n in np.flatnonzero(out[b]):
+            d, i = tree.query(start[b, n], k=2)
+            other = [dd for dd, ii in zip(d, i, strict=True) if np.isfinite(dd) and kept[ii] != n]
+            out[b, n] = bool(other) and other[0] < moved[b, n]
+    return out
 
 
 def _held(geom, rho, truncation):
@@ -1649,11 +1677,7 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
     conv = conv & ~outside
     collapsed = _collapsed(np.where(empty, np.nan, x), y, rho)  # empty sites are not in the model
     conv = conv & ~collapsed
-    # a column that ended more than half-way to the nearest other start (``start`` (B, N, 2), ``nearest`` (B, N)
-    # [Å]) has left its site: another start took it over (a spurious start 0.25 Å from a column; a vacancy start
-    # sliding onto its neighbour's site pushed that column 1.6 Å off, reported with x_crlb 0.04 Å — fuzzing,
-    # helper-46). Its parameters describe no column its start names.
-    strayed = ~empty & (np.hypot(x - start[..., 0], y - start[..., 1]) > 0.5 * nearest)
+    strayed = _strayed(x, y, start, nearest, empty)
     conv = conv & ~strayed
     width_mode = "fixed" if fixed_width is not None else width
     if crlb:
@@ -1704,8 +1728,13 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
                      f"{_MAX_WIDTH_GROWTH:g}x the start value) and the fit stopped: a start width far too small (give "
                      "width_init [Å] near the expected column width), or a whole column type of a much wider kind "
                      "(give it its own type).")
+        infeasible = st["infeasible"].cpu().numpy()
+        if infeasible.any():
+            hint += (f" In {int(infeasible.sum())} frame(s) the Poisson model went negative (a negative background "
+                     "or heights no step could repair) and the fit stopped: a negative or background-subtracted "
+                     "image region, or columns covering every pixel; fit with noise='gaussian' or common widths.")
         # frames still moving at max_iter (slow contraction along a flat direction; the stopping test allows for it)
-        slow = (st["n_iter"].cpu().numpy() >= max_iter) & ~too_wide & ~conv.all(1)
+        slow = (st["n_iter"].cpu().numpy() >= max_iter) & ~too_wide & ~infeasible & ~conv.all(1)
         if slow.any():
             hint += (f" {int(slow.sum())} frame(s) reached max_iter={max_iter} while their steps still contracted "
                      "slowly (e.g. individual widths at low dose): raise max_iter, or fit common widths.")
