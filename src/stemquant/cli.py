@@ -94,8 +94,13 @@ def _cmd_fit(args) -> int:
               "estimated from the residuals; with shot noise (brighter pixels noisier) they understate the SCS "
               "scatter — give --dose for a normalised image, or --noise poisson for a counts image", file=sys.stderr)
     if conv < 0.5:
-        apart = (f": columns a median {np.median(_nearest_distances(positions)) / pixel_size:.1f} px apart"
-                 if len(positions) > 1 else "")
+        if len(positions) > 1:
+            from scipy.spatial import cKDTree
+
+            nn = cKDTree(positions).query(positions, k=2)[0][:, 1]
+            apart = f": columns a median {np.median(nn) / pixel_size:.1f} px apart"
+        else:
+            apart = ""
         print(f"warning: only {100 * conv:.0f}% of the columns converged. Check --pixel-size ({pixel_size:g} Å"
               f"{apart}), --dose and the starting positions", file=sys.stderr)
     if args.plot:
@@ -107,12 +112,6 @@ def _cmd_fit(args) -> int:
         save_figure(fig, args.plot, overwrite=args.overwrite)
         print(f"plot -> {args.plot}")
     return 0
-
-
-def _nearest_distances(xy) -> np.ndarray:
-    from scipy.spatial import cKDTree
-
-    return cKDTree(xy).query(xy, k=2)[0][:, 1]
 
 
 def _write_fit_metadata(path: Path, args, fit, *, pixel_size_source: str) -> None:

@@ -1754,8 +1754,8 @@ def _assemble(st, img3, p, scale, dose, noise, width, fixed_width, fixed_bg, typ
             moved += (f", {int(collapsed.sum())} of them collapsed onto a neighbour (centres closer than their "
                       "width: two start positions for one column?)")
         if (strayed & ~collapsed).any():
-            moved += (f", {int((strayed & ~collapsed).sum())} of them strayed more than half-way to the nearest "
-                      "other start (another start took over their column?)")
+            moved += (f", {int((strayed & ~collapsed).sum())} of them lost their site to another column (they "
+                      "strayed more than half-way to the nearest other start)")
         warnings.warn(f"{int((~conv).sum())} of {conv.size} columns did not converge{moved} (fit.table['converged'] "
                       f"is False for them; their parameters are not estimates).{hint}", UserWarning, stacklevel=3)
     faded = width_fixed & ~runaway
